@@ -1,0 +1,5 @@
+"""``python -m factflow_lineage`` is the ``factflow`` command."""
+
+from .cli import main
+
+main()
