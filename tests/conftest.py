@@ -21,6 +21,8 @@ import pytest
 from psycopg import sql
 
 from factflow_lineage.config import KafkaSettings, PostgresSettings, Settings
+from support import private_stack
+from support.private_stack import PrivateKafka, PrivatePostgres
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "scripts" / "stack"
@@ -116,6 +118,38 @@ def pg_schema(pg_dsn: str) -> Iterator[str]:
     yield name
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def _private_kafka_instance(kafka_bootstrap: str) -> Iterator[PrivateKafka]:
+    instance = private_stack.private_kafka()
+    yield instance
+    instance.destroy()
+
+
+@pytest.fixture
+def private_kafka(_private_kafka_instance: PrivateKafka) -> PrivateKafka:
+    """A broker of this session's own, for outage and crash tests: .bootstrap,
+    .stop(), .start(), .kill(). Running at the start of every test that asks."""
+    if not _private_kafka_instance.running:
+        _private_kafka_instance.start()
+    return _private_kafka_instance
+
+
+@pytest.fixture(scope="session")
+def _private_postgres_instance(pg_dsn: str) -> Iterator[PrivatePostgres]:
+    instance = private_stack.private_postgres()
+    yield instance
+    instance.destroy()
+
+
+@pytest.fixture
+def private_postgres(_private_postgres_instance: PrivatePostgres) -> PrivatePostgres:
+    """A PostgreSQL of this session's own (same roles and database): .dsn,
+    .read_dsn, .stop(), .start(), .kill(). Running at the start of every test."""
+    if not _private_postgres_instance.running:
+        _private_postgres_instance.start()
+    return _private_postgres_instance
 
 
 @pytest.fixture
