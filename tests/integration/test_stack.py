@@ -10,15 +10,9 @@ import logging
 import os
 import socket
 import subprocess
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from factflow_lineage.config import DEFAULT_BOOTSTRAP, DEFAULT_PG_DSN, DEFAULT_PG_READ_DSN
 
@@ -145,105 +139,3 @@ def test_a_stack_that_is_not_there_is_reported_in_one_line_each(tmp_path: Path) 
     assert killed.stderr.startswith("stack: error: postgres: not running")
     assert "Traceback" not in status.stderr + stopped.stderr + killed.stderr
     assert len(killed.stderr.strip().splitlines()) == 1
-
-
-# -- outages: these stop the shared services for a few seconds --------------------
-
-
-def kafka_config(**extra: str) -> dict[str, Any]:
-    # Without a logger librdkafka writes its own lines to stderr.
-    return {"bootstrap.servers": BOOTSTRAP, "logger": KAFKA_LOGGER, **extra}
-
-
-def _kafka_topics(timeout: float) -> set[str]:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(kafka_config())
-    metadata = admin.list_topics(timeout=timeout)
-    assert metadata.brokers, "a Metadata answer without brokers"
-    return set(metadata.topics)
-
-
-@pytest.fixture
-def kafka_topic() -> Iterator[str]:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    name = f"test.stack.{uuid.uuid4().hex[:12]}"
-    admin = AdminClient(kafka_config())
-    admin.create_topics([NewTopic(name, num_partitions=1)])[name].result(timeout=30)
-    yield name
-    admin = AdminClient(kafka_config())
-    admin.delete_topics([name])[name].result(timeout=30)
-
-
-@pytest.mark.slow
-def test_kafka_stop_then_start_answers_metadata_and_keeps_its_data(
-    status: dict[str, tuple[str, str]], kafka_topic: str
-) -> None:
-    from confluent_kafka import Consumer, KafkaException, Producer
-
-    if status["kafka"][0] != "running":
-        pytest.skip("Kafka is external: scripts/stack does not stop it")
-    producer = Producer(kafka_config())
-    producer.produce(kafka_topic, key=b"k", value=b"kept across a restart")
-    assert producer.flush(30) == 0
-
-    try:
-        stopped = stack("stop", "kafka")
-        assert stopped.returncode == 0, stopped.stderr
-        assert parse_status(stack("status").stdout)["kafka"][0] == "stopped"
-        with pytest.raises(KafkaException):
-            _kafka_topics(timeout=2)
-    finally:
-        started = stack("start", "kafka")
-    assert started.returncode == 0, started.stderr
-    assert "kafka: ready" in started.stdout
-
-    assert kafka_topic in _kafka_topics(timeout=10)
-    consumer = Consumer(
-        kafka_config(
-            **{"group.id": f"test-stack-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest"}
-        )
-    )
-    try:
-        consumer.subscribe([kafka_topic])
-        deadline = time.monotonic() + 30
-        message = None
-        while message is None and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is not None and message.error():
-                message = None
-    finally:
-        consumer.close()
-    assert message is not None, "the message produced before the restart is gone"
-    assert message.value() == b"kept across a restart"
-
-
-@pytest.mark.slow
-def test_postgres_kill_then_start_recovers_committed_rows(
-    status: dict[str, tuple[str, str]],
-) -> None:
-    if status["postgres"][0] != "running":
-        pytest.skip("PostgreSQL is external: scripts/stack does not kill it")
-    schema = sql.Identifier(f"test_stack_{uuid.uuid4().hex[:12]}")
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-        conn.execute(sql.SQL("CREATE TABLE {}.t (v text)").format(schema))
-        conn.execute(
-            sql.SQL("INSERT INTO {}.t VALUES ('committed before the crash')").format(schema)
-        )
-    try:
-        try:
-            killed = stack("kill", "postgres")
-            assert killed.returncode == 0, killed.stderr
-            with pytest.raises(psycopg.OperationalError):
-                psycopg.connect(PG_DSN, connect_timeout=2).close()
-        finally:
-            started = stack("start", "postgres")
-        assert started.returncode == 0, started.stderr
-        with psycopg.connect(PG_READ_DSN) as conn:  # the reader's grants survive too
-            rows = conn.execute(sql.SQL("SELECT v FROM {}.t").format(schema)).fetchall()
-        assert rows == [("committed before the crash",)]
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
