@@ -23,6 +23,7 @@ from .errors import (
     MigrationError,
     NotFound,
     UnknownSchemaError,
+    UsageError,
 )
 
 # A library logs, the application decides where to: without this, Python's
@@ -46,5 +47,6 @@ __all__ = [
     "PostgresSettings",
     "Settings",
     "UnknownSchemaError",
+    "UsageError",
     "__version__",
 ]

@@ -15,11 +15,9 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .config import Settings
-from .errors import ConfigError, LineageError
+from .errors import ConfigError, LineageError, UsageError
 
-
-class UsageError(ConfigError):
-    """A malformed argument the parser could not catch (an id, a prefix, a date)."""
+__all__ = ["UsageError", "app", "exit_code", "main"]
 
 
 def exit_code(error: LineageError) -> int:
@@ -98,25 +96,44 @@ def init(
 
 
 def _mount_subapps() -> None:
-    """Each package contributes its own commands; the root only knows their names."""
-    # Imported here, not at the top, so that a package still being written does
-    # not break the commands of the others.
-    import importlib
+    """Each package contributes its own commands; the root only places them.
 
-    for module, attr, name in _SUBAPPS:
-        try:
-            sub = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
+    Imported at call time, not at module import: the packages' CLI modules
+    import this module's error handling, and `factflow --version` should not
+    pay for importing all of them.
+    """
+    from factflow_lineage.consumer._cli import dlq_app, projection_app, projector_app
+    from factflow_lineage.pipeline._cli import demo_command, replay_command, storage_app
+    from factflow_lineage.producer._cli import spool_app
+    from factflow_lineage.query._cli import api_app, execution_app, lineage_app
+
+    execution_app.command("replay")(replay_command)
+    app.command("demo")(demo_command)
+    for sub, name in (
+        (lineage_app, "lineage"),
+        (execution_app, "execution"),
+        (storage_app, "storage"),
+        (projector_app, "projector"),
+        (projection_app, "projection"),
+        (dlq_app, "dlq"),
+        (spool_app, "spool"),
+        (api_app, "api"),
+    ):
         app.add_typer(sub, name=name)
 
 
-_SUBAPPS: tuple[tuple[str, str, str], ...] = (
-    ("factflow_lineage.producer._cli", "spool_app", "spool"),
-)
+_mounted = False
+
+
+def mounted_app() -> typer.Typer:
+    """The root app with every sub-app mounted (what tests drive with CliRunner)."""
+    global _mounted
+    if not _mounted:
+        _mount_subapps()
+        _mounted = True
+    return app
 
 
 def main() -> None:
     """Console-script entry point."""
-    _mount_subapps()
-    app()
+    mounted_app()()

@@ -16,6 +16,10 @@ class ConfigError(LineageError):
     """A setting (environment variable, option) has a value we cannot use."""
 
 
+class UsageError(ConfigError):
+    """A malformed argument the parser could not catch (an id, a prefix, a date)."""
+
+
 class DecodeError(LineageError):
     """Bytes from the topic are not a lineage event we can read."""
 
