@@ -9,6 +9,7 @@ the same configuration), in their own state dir and on their own ports.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -21,11 +22,22 @@ STACK = REPO / "scripts" / "stack"
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now (the kernel's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nobody listens on now, below the ephemeral range.
+
+    Not the kernel's choice (port 0): that comes from the ephemeral range
+    (32768-60999), where a client's outgoing connection may take the port
+    while our broker is stopped, and its restart then fails to bind.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""Logging that cannot flood: at most one record per kind and interval.
+
+The recorder runs inside someone else's pipeline. A broker outage produces the
+same failure a hundred thousand times a second; the operator needs to hear it
+once a minute, with how many times it happened since.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+LOGGER = logging.getLogger("factflow_lineage.producer")
+
+
+class RateLimitedLog:
+    """Logs one record per ``kind`` per ``interval`` seconds, counting the rest."""
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, message: str, *args: Any, exc_info: Any = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self._interval:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (and %d more like it since the last report)"
+            args = (*args, suppressed)
+        self._logger.log(level, message, *args, exc_info=exc_info)
+
+    def warning(self, kind: str, message: str, *args: Any, exc_info: Any = None) -> None:
+        self.log(logging.WARNING, kind, message, *args, exc_info=exc_info)
+
+    def error(self, kind: str, message: str, *args: Any, exc_info: Any = None) -> None:
+        self.log(logging.ERROR, kind, message, *args, exc_info=exc_info)
+
+
+class RateLimitFilter(logging.Filter):
+    """A filter that lets one record per message template and interval through.
+
+    For librdkafka's own log lines, which repeat every reconnect attempt.
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # librdkafka's facility (FAIL, REQTMOUT, ...) is the first argument of
+        # its records; the template alone would merge every kind of message.
+        facility = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+        key = f"{record.msg}|{facility}"
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True

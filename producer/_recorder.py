@@ -1,0 +1,414 @@
+"""LineageRecorder: the object adapters call."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+from factflow_lineage.schemas import encode
+
+from ._config import RecorderConfig
+from ._context import Batch, Execution, Invocation
+from ._events import SHRUNK_FIELD_BYTES, coerce_metadata, shrink_metadata, truncate, valid_text
+from ._ids import new_random_id
+from ._pump import Pump
+from ._ratelog import LOGGER, RateLimitedLog
+
+_time_ns = time.time_ns
+# Free-text fields that are cut when an event is over event_max_bytes.
+_TEXT_FIELDS: Final = (
+    "route_id",
+    "adapter_name",
+    "input_key",
+    "input_hash",
+    "output_hash",
+    "pipeline",
+    "replay_from_stage",
+    "reason",
+    "error",
+    "error_class",
+    "error_message",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecorderStats:
+    """Counters of a recorder since it was made (a snapshot).
+
+    ``emitted`` events were handed to the recorder while it was open; of those,
+    ``delivered`` are acknowledged by Kafka, ``spooled`` were written to the
+    spool first, ``unspooled`` went without a spool copy (spool full or off),
+    ``backlog`` wait in the spool for room in librdkafka's queue and
+    ``queue_depth`` sit in that queue. ``dropped`` events are lost for good
+    (recorder closed, no room anywhere, unencodable, refused by the broker).
+    ``delivery_errors`` counts failed deliveries (see the log).
+    ``recovered`` counts events of dead processes' spools re-sent and
+    acknowledged, ``recovering`` the spools being re-sent now (1 until the first
+    look at the spool directory, shortly after start). ``metadata_coerced``:
+    events whose metadata had to be changed to fit the contract;
+    ``hash_errors``: inputs or outputs that could not be hashed; ``errors``:
+    problems caught at the recorder's boundary (see the log of
+    ``factflow_lineage.producer``). ``spool_bytes``: disk the spool holds.
+    """
+
+    emitted: int
+    delivered: int
+    spooled: int
+    unspooled: int
+    dropped: int
+    delivery_errors: int
+    queue_depth: int
+    backlog: int
+    recovered: int
+    recovering: int
+    metadata_coerced: int
+    hash_errors: int
+    errors: int
+    spool_bytes: int
+
+
+class LineageRecorder:
+    """Records lineage events to Kafka, fire-and-forget: one per process, thread-safe.
+
+    Nothing here raises into the caller because of Kafka, the spool, the user's
+    metadata or a closed recorder, and no call waits (unless
+    ``RecorderConfig.block_timeout`` allows it when an event could go nowhere
+    else). Problems are counted (``stats()``) and logged at most once a minute
+    per kind, on the ``factflow_lineage.producer`` logger. Exceptions of the
+    user's own code inside ``with recorder.invocation(...)`` propagate unchanged.
+
+    Every event is appended to a per-process spool file before librdkafka sees
+    it, so a process killed at any moment (kill -9 included) loses nothing whose
+    call returned: the next recorder started on the same spool directory, or
+    ``factflow spool drain``, re-sends what Kafka had not acknowledged. (A power
+    loss is another matter: see ``RecorderConfig.fsync_interval_s``.)
+
+    Use it from threads and from asyncio code alike (no call blocks). Close it
+    (or use it as a context manager) to deliver what is queued; at interpreter
+    exit it is closed with ``config.close_timeout``.
+    """
+
+    def __init__(self, config: RecorderConfig | None = None) -> None:
+        self.config = config if config is not None else RecorderConfig()
+        self._producer_id = new_random_id()
+        self._seq = itertools.count().__next__
+        self._log = RateLimitedLog(LOGGER, self.config.log_interval_s)
+        self._pump = Pump(self.config, self._producer_id, self._log)
+        self._closed = False
+        self._pid = os.getpid()
+        self._counts_lock = threading.Lock()
+        self._metadata_coerced = 0
+        self._hash_errors = 0
+        self._errors = 0
+        self._dropped = 0
+        # An event must fit a spool segment with room to spare.
+        self._event_max = min(self.config.event_max_bytes, self.config.segment_bytes // 2)
+        _LIVE.add(self)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> LineageRecorder:
+        """A recorder configured by ``RecorderConfig.from_env``."""
+        return cls(RecorderConfig.from_env(environ, **overrides))
+
+    @property
+    def producer_id(self) -> bytes:
+        """The 16-byte id of this recorder in its events (and its spool directory's name)."""
+        return self._producer_id
+
+    # ------------------------------------------------------------ contexts
+
+    def execution(
+        self,
+        pipeline: str,
+        execution_id: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        replay_of: Any = None,
+        replay_from_stage: str | None = None,
+    ) -> Execution:
+        """Record that a pipeline execution started; the result is a context
+        manager that records how it finished (completed, or failed if the block
+        raises, or cancelled on KeyboardInterrupt / asyncio cancellation).
+        ``.id`` is the execution id (new unless ``execution_id`` is given)."""
+        return Execution(self, pipeline, execution_id, metadata, replay_of, replay_from_stage)
+
+    def invocation(
+        self,
+        execution_id: Any,
+        route_id: str,
+        adapter_name: str,
+        *,
+        input: Any = None,
+        parent: Any = None,
+        batch_id: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        input_key: str | None = None,
+        input_hash: str | None = None,
+    ) -> Invocation:
+        """Record that an adapter started on one input message; see ``Invocation``.
+
+        ``execution_id``: a UUID, its string, or an ``Execution``. ``input``: the
+        message (bytes, str, dict or list; its content hash is recorded), or pass
+        ``input_hash`` yourself. ``parent``: the ``LineageRef`` (or its header) of
+        the invocation whose output this input is; without one this invocation is
+        the root of a new chain. ``metadata``: scalar annotations (others are
+        converted to text and counted in ``metadata_coerced``).
+        """
+        return Invocation(
+            self,
+            execution_id,
+            route_id,
+            adapter_name,
+            input,
+            parent,
+            batch_id,
+            metadata,
+            input_key,
+            input_hash,
+        )
+
+    def batch(
+        self,
+        execution_id: Any,
+        route_id: str,
+        adapter_name: str,
+        *,
+        inputs: Iterable[Any],
+        parents: Iterable[Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        input_keys: Iterable[str | None] | None = None,
+    ) -> Batch:
+        """Record one invocation per input, all sharing a new batch id; see ``Batch``.
+
+        ``parents`` and ``input_keys``, when given, line up with ``inputs``.
+        """
+        return Batch(
+            self, execution_id, route_id, adapter_name, inputs, parents, metadata, input_keys
+        )
+
+    # ------------------------------------------------------------- control
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` seconds until every event recorded so far is
+        acknowledged by Kafka. Returns how many are still on their way (0: all).
+
+        The waiting is a sleep: delivery reports are served by the recorder's
+        own thread, never the caller's.
+        """
+        try:
+            pump = self._pump
+            pump.wait(max(timeout, 0.0), lambda: pump.pending() == 0)
+            return pump.pending()
+        except Exception as e:
+            self._internal_error("flush", e)
+            return 0
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (up to ``timeout``, default ``config.close_timeout``),
+        then stop. Events not delivered by then stay in the spool for the next
+        recorder on the same spool directory (or ``factflow spool drain``).
+        Afterwards every method is a no-op that counts ``dropped``."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if os.getpid() != self._pid:
+                return  # a forked child: the pump thread and librdkafka are the parent's
+            wait = self.config.close_timeout if timeout is None else max(timeout, 0.0)
+            left = self._pump.close(wait)
+            if left:
+                where = (
+                    f"those in the spool stay in {self._pump.spool.dir} for the next recorder "
+                    "on that spool directory or `factflow spool drain`"
+                    if self._pump.spool is not None
+                    else "they are lost (the spool is off)"
+                )
+                LOGGER.warning(
+                    "lineage recorder closed with %d events undelivered: %s", left, where
+                )
+        except Exception as e:
+            self._internal_error("close", e)
+        finally:
+            _LIVE.discard(self)
+
+    def stats(self) -> RecorderStats:
+        """A snapshot of the recorder's counters."""
+        pump = self._pump
+        try:
+            queue = len(pump.producer)
+        except Exception:  # a closed or broken producer has no queue to report
+            queue = 0
+        spool = pump.spool
+        return RecorderStats(
+            emitted=pump.emitted,
+            delivered=pump.delivered,
+            spooled=pump.spooled,
+            unspooled=pump.unspooled,
+            dropped=pump.dropped + pump.lost + pump.refused + self._dropped,
+            delivery_errors=pump.delivery_errors + pump.refused,
+            queue_depth=queue,
+            backlog=pump.backlog_count,
+            recovered=pump.recovered,
+            recovering=len(pump.orphans) + (1 if pump.adopt_pending else 0),
+            metadata_coerced=self._metadata_coerced,
+            hash_errors=self._hash_errors,
+            errors=self._errors + pump.errors,
+            spool_bytes=spool.reserved if spool is not None and not pump.closed else 0,
+        )
+
+    def __enter__(self) -> LineageRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<LineageRecorder {self._producer_id.hex()[:8]} topic={self.config.topic!r} {state}>"
+        )
+
+    # ------------------------------------------------------------ internal
+
+    def _emit(self, event_type: str, key: bytes, payload: dict[str, Any]) -> None:
+        """Encode, spool and produce one event. The hot path: no logging, no
+        allocation beyond the event itself."""
+        if self._closed:
+            with self._counts_lock:
+                self._dropped += 1
+            return
+        event = {
+            "event_id": new_random_id(),
+            "event_type": event_type,
+            "occurred_at": _time_ns() // 1000,
+            "producer_id": self._producer_id,
+            "sequence": self._seq(),
+            "payload": payload,
+        }
+        try:
+            value = encode(event)
+        except ValueError:
+            value = self._encode_repaired(event)
+            if value is None:
+                return
+        if len(value) > self._event_max:
+            value = self._encode_shrunk(event)
+            if value is None:
+                return
+        self._pump.submit(key, value)
+
+    def _encode_repaired(self, event: dict[str, Any]) -> bytes | None:
+        """The codec refused the event: make the user's values fit, then retry."""
+        payload = dict(event["payload"])
+        if "metadata" in payload:
+            original = payload["metadata"]
+            fixed = coerce_metadata(original)
+            # By identity, not ==: user values may compare strangely (numpy arrays).
+            if not isinstance(original, dict) or any(
+                fixed.get(k) is not v for k, v in original.items()
+            ):
+                with self._counts_lock:
+                    self._metadata_coerced += 1
+            payload["metadata"] = fixed
+        for name, value in payload.items():
+            if name != "metadata" and value is not None and not isinstance(value, bytes | int):
+                payload[name] = valid_text(value)
+        event["payload"] = payload
+        try:
+            data: bytes = encode(event)
+        except ValueError as e:
+            self._drop(event, f"it does not fit the event contract: {e}")
+            return None
+        return data
+
+    def _encode_shrunk(self, event: dict[str, Any]) -> bytes | None:
+        """The event is over event_max_bytes: cut its free text and metadata."""
+        payload = dict(event["payload"])
+        for name in _TEXT_FIELDS:
+            value = payload.get(name)
+            if isinstance(value, str):
+                payload[name] = truncate(value, SHRUNK_FIELD_BYTES)
+        if payload.get("metadata"):
+            payload["metadata"] = shrink_metadata(payload["metadata"], self._event_max // 2)
+            with self._counts_lock:
+                self._metadata_coerced += 1
+        event["payload"] = payload
+        try:
+            data: bytes = encode(event)
+        except ValueError as e:
+            self._drop(event, f"it does not fit the event contract: {e}")
+            return None
+        if len(data) > self._event_max:
+            self._drop(event, f"it is {len(data)} bytes even cut down")
+            return None
+        return data
+
+    def _drop(self, event: dict[str, Any], why: str) -> None:
+        with self._counts_lock:
+            self._dropped += 1
+            self._errors += 1
+        self._log.error("encode", "lineage event %s dropped: %s", event.get("event_type"), why)
+
+    def _hash_failed(self, what: str, error: Exception) -> None:
+        with self._counts_lock:
+            self._hash_errors += 1
+        self._log.warning(
+            "hash", "lineage: cannot hash the %s, recorded without a hash: %s", what, error
+        )
+
+    def _internal_error(self, where: str, error: BaseException) -> None:
+        """The recorder's outer boundary: count, log (rate-limited), go on."""
+        with self._counts_lock:
+            self._errors += 1
+        self._log.error(
+            f"internal-{where}",
+            "lineage recorder error in %s (ignored): %r",
+            where,
+            error,
+            exc_info=error,
+        )
+
+
+# Live recorders: closed at interpreter exit, disabled in a forked child.
+_LIVE: weakref.WeakSet[LineageRecorder] = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    for recorder in list(_LIVE):
+        recorder.close()
+
+
+# Recorders inherited by a forked child: kept alive, never destroyed there,
+# because destroying librdkafka handles whose threads stayed in the parent can
+# hang the child.
+_INHERITED: list[LineageRecorder] = []
+
+
+def _after_fork() -> None:
+    # The child has the parent's spool mapping and lock but none of its threads:
+    # writing there would corrupt the parent's spool. Its events are dropped
+    # (counted); a child that records makes its own recorder.
+    for recorder in list(_LIVE):
+        recorder._closed = True
+        # A lock held by another parent thread at the fork stays held forever.
+        recorder._counts_lock = threading.Lock()
+        _INHERITED.append(recorder)
+    _LIVE.clear()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_after_fork)
