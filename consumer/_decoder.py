@@ -1,0 +1,109 @@
+"""Kafka messages in, lineage events and dead letters out.
+
+A message that is not a lineage event we can read (undecodable bytes, an
+unknown writer schema, invalid values, no value at all) becomes a
+``DeadLetter``: the projector stores it and its partition moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from factflow_lineage.errors import DecodeError
+
+Event = Mapping[str, Any]
+Decode = Callable[[bytes], Event]
+
+
+class KafkaMessage(Protocol):
+    """The part of ``confluent_kafka.Message`` the projector reads (fakes implement it too)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> str | bytes | None: ...
+    def value(self) -> str | bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the projector could not use, with where it was and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes | None
+    error: str
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """One batch of messages: its events, its dead letters, and the offsets it covers."""
+
+    events: list[Event] = field(default_factory=list)
+    # The message each event came from (same index as ``events``).
+    sources: list[KafkaMessage] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # partition -> (first offset, last offset) of the messages of the batch
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.events) + len(self.dead_letters)
+
+
+def default_decode() -> Decode:
+    """The schemas package's decoder (imported late: it is a sibling package)."""
+    from factflow_lineage.schemas import decode
+
+    return decode
+
+
+def _as_bytes(data: str | bytes | None) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    return data.encode()
+
+
+def decode_messages(messages: Sequence[KafkaMessage], topic: str, decode: Decode) -> DecodedBatch:
+    """Decode ``messages`` (all of ``topic``, already in offset order per partition)."""
+    batch = DecodedBatch()
+    ranges = batch.ranges
+    events = batch.events
+    sources = batch.sources
+    for message in messages:
+        partition = message.partition()
+        offset = message.offset()
+        assert partition is not None and offset is not None  # consumed messages have both
+        span = ranges.get(partition)
+        ranges[partition] = (offset, offset) if span is None else (span[0], offset)
+        raw = message.value()
+        error: str
+        if raw is None:
+            error = "DecodeError: message has no value (tombstone)"
+        else:
+            try:
+                events.append(decode(raw if isinstance(raw, bytes) else raw.encode()))
+                sources.append(message)
+                continue
+            except DecodeError as e:
+                error = f"{type(e).__name__}: {e}"
+        batch.dead_letters.append(dead_letter(message, topic, error))
+    return batch
+
+
+def dead_letter(message: KafkaMessage, topic: str, error: str) -> DeadLetter:
+    """The dead letter of ``message``, rejected for ``error``."""
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None and offset is not None
+    return DeadLetter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=_as_bytes(message.key()),
+        raw=_as_bytes(message.value()),
+        error=error,
+    )

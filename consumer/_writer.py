@@ -1,0 +1,243 @@
+"""One batch, one transaction: move the offsets, apply the events, keep the rejects.
+
+The order inside the transaction matters. The conditional offset move comes
+first, so that a batch whose offsets someone else moved (a zombie, a rebuild's
+swap) is rolled back before it touched a projection row, and so that the row
+locks a rebuild's swap waits for are taken before anything else.
+
+A batch the projection rejects (a value PostgreSQL refuses, a constraint) is
+split in two halves, each its own transaction, down to the one message that is
+to blame; that message becomes a dead letter and everything else is applied.
+Halves are cut in (partition, offset) order, so each half covers a contiguous
+range of every partition and the offsets stay exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from factflow_lineage.errors import DecodeError
+
+from ._decoder import Decode, DecodedBatch, KafkaMessage, dead_letter, decode_messages
+from ._dlq import insert_dead_letters
+from ._offsets import advance_offsets, offsets_after
+
+log = logging.getLogger("factflow_lineage.consumer")
+
+# Errors that blame the data, not the database being away: the batch is split
+# until the offending message is found. ProgrammingError is deliberately not
+# here: a bad statement is a bug, and a bug must stop the projector, not fill
+# the dead-letter table.
+REJECTED: tuple[type[Exception], ...] = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    DecodeError,
+    ValueError,
+)
+
+# Deadlocks and serialization failures between projectors are transient: the
+# same batch is retried as it is, a few times, before it counts as an outage.
+# So is a unique violation: two transactions inserting the same row at once
+# (events of one row in two partitions: a producer keying off-contract); on
+# retry the row exists and the insert becomes an update. Only if the error
+# persists does the batch count as refused (and get split, see above).
+_ROLLBACK_RETRIES = 5
+_TRANSIENT: tuple[type[Exception], ...] = (
+    psycopg.errors.TransactionRollback,
+    psycopg.errors.UniqueViolation,
+)
+
+
+class ProjectionLike(Protocol):
+    """What the writer needs of ``Projection``: apply events inside a transaction.
+
+    ``apply`` may return stats with ``rejected``: events it left out as
+    unprojectable, each with its ``index`` in ``events`` and a ``reason``; the
+    writer turns those into dead letters in the same transaction.
+    """
+
+    def apply(self, conn: psycopg.Connection[Any], events: Sequence[Mapping[str, Any]]) -> Any: ...
+
+
+def _rejected(stats: Any) -> Sequence[Any]:
+    rejected = getattr(stats, "rejected", None)
+    return () if rejected is None else tuple(rejected)
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a write committed, and which partitions conflicted (then nothing of them did)."""
+
+    committed: dict[int, int] = field(default_factory=dict)  # partition -> new next offset
+    conflicts: frozenset[int] = frozenset()
+    events: int = 0
+    dead_letters: int = 0
+    transactions: int = 0
+
+    def merge(self, other: WriteResult) -> None:
+        self.committed.update(other.committed)
+        self.conflicts |= other.conflicts
+        self.events += other.events
+        self.dead_letters += other.dead_letters
+        self.transactions += other.transactions
+
+
+class _Conflict(Exception):
+    """Internal: roll the batch back, its offsets moved under us."""
+
+    def __init__(self, partitions: frozenset[int]) -> None:
+        super().__init__(f"offsets moved for partitions {sorted(partitions)}")
+        self.partitions = partitions
+
+
+class BatchWriter:
+    """Writes batches of one topic into one projection schema, exactly once."""
+
+    def __init__(
+        self, *, schema: str, topic: str, projection: ProjectionLike, decode: Decode
+    ) -> None:
+        self.schema = schema
+        self.topic = topic
+        self.projection = projection
+        self._decode = decode
+
+    def decode(self, messages: Sequence[KafkaMessage]) -> DecodedBatch:
+        """Decode ``messages`` (pure CPU work: the loop does it while the previous batch writes)."""
+        return decode_messages(messages, self.topic, self._decode)
+
+    def write(
+        self,
+        conn: psycopg.Connection[Any],
+        messages: Sequence[KafkaMessage],
+        expected: Mapping[int, int | None],
+    ) -> WriteResult:
+        """Decode and project ``messages``; see ``write_decoded``."""
+        return self._write(conn, messages, self.decode(messages), expected)
+
+    def write_decoded(
+        self,
+        conn: psycopg.Connection[Any],
+        messages: Sequence[KafkaMessage],
+        batch: DecodedBatch,
+        expected: Mapping[int, int | None],
+    ) -> WriteResult:
+        """Project ``messages`` (decoded as ``batch``); ``expected``: stored offset per partition.
+
+        ``messages`` must be in offset order per partition and start, for each
+        partition, at or after its expected offset. psycopg's OperationalError
+        (the database went away) propagates; everything else is handled here.
+        """
+        return self._write(conn, messages, batch, expected)
+
+    def _write(
+        self,
+        conn: psycopg.Connection[Any],
+        messages: Sequence[KafkaMessage],
+        batch: DecodedBatch,
+        expected: Mapping[int, int | None],
+    ) -> WriteResult:
+        try:
+            return self._transaction(conn, batch, expected)
+        except REJECTED as e:
+            if len(messages) == 1:
+                return self._reject(conn, messages[0], e, expected)
+            log.info("batch of %d rejected (%s); isolating the message to blame", len(messages), e)
+        return self._split(conn, messages, expected)
+
+    def _transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: DecodedBatch,
+        expected: Mapping[int, int | None],
+    ) -> WriteResult:
+        moves = offsets_after(expected, batch.ranges)
+        for attempt in range(_ROLLBACK_RETRIES + 1):
+            try:
+                with conn.transaction():
+                    conflicts = advance_offsets(conn, self.schema, self.topic, moves)
+                    if conflicts:
+                        raise _Conflict(conflicts)
+                    letters = batch.dead_letters
+                    rejected: Sequence[Any] = ()
+                    if batch.events:
+                        rejected = _rejected(self.projection.apply(conn, batch.events))
+                    if rejected:
+                        letters = letters + [
+                            dead_letter(
+                                batch.sources[r.index],
+                                self.topic,
+                                f"rejected by the projection: {r.reason}",
+                            )
+                            for r in rejected
+                        ]
+                    insert_dead_letters(conn, self.schema, letters)
+            except _Conflict as c:
+                return WriteResult(conflicts=c.partitions)
+            except _TRANSIENT as e:
+                if attempt == _ROLLBACK_RETRIES or conn.broken:
+                    raise
+                log.info("batch rolled back (%s), retrying", type(e).__name__)
+                time.sleep(0.01 * 2**attempt)
+                continue
+            return WriteResult(
+                committed={m.partition: m.next_offset for m in moves},
+                events=len(batch.events) - len(rejected),
+                dead_letters=len(letters),
+                transactions=1,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _split(
+        self,
+        conn: psycopg.Connection[Any],
+        messages: Sequence[KafkaMessage],
+        expected: Mapping[int, int | None],
+    ) -> WriteResult:
+        ordered = sorted(messages, key=_partition_offset)
+        middle = len(ordered) // 2
+        result = WriteResult()
+        positions = dict(expected)
+        for half in (ordered[:middle], ordered[middle:]):
+            part = self._write(conn, half, self.decode(half), positions)
+            result.merge(part)
+            if part.conflicts:
+                # The rest would conflict too; the caller re-reads from the stored offsets.
+                break
+            positions.update(part.committed)
+        return result
+
+    def _reject(
+        self,
+        conn: psycopg.Connection[Any],
+        message: KafkaMessage,
+        error: Exception,
+        expected: Mapping[int, int | None],
+    ) -> WriteResult:
+        partition, offset = _partition_offset(message)
+        letter = dead_letter(
+            message,
+            self.topic,
+            f"rejected by the projection: {type(error).__name__}: {_one_line(error)}",
+        )
+        log.warning("partition %d offset %d rejected: %s", partition, offset, letter.error)
+        batch = DecodedBatch(dead_letters=[letter], ranges={partition: (offset, offset)})
+        return self._transaction(conn, batch, expected)
+
+
+def _partition_offset(message: KafkaMessage) -> tuple[int, int]:
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None and offset is not None
+    return partition, offset
+
+
+def _one_line(error: BaseException) -> str:
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
