@@ -9,9 +9,16 @@ fi
 stamp=.venv/.factflow-install-stamp
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "venv: installing factflow-lineage[test] into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  echo "venv: installing factflow-lineage[test] into .venv (log: .venv/install.log)"
+  # setuptools prints pages of warnings even with -q: keep them in the log,
+  # show them only when the install fails.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"; } \
+       > .venv/install.log 2>&1; then
+    tail -n 40 .venv/install.log >&2
+    echo "venv: install failed (full log: .venv/install.log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -45,7 +45,7 @@ def test_init_twice_creates_then_changes_nothing(
 
     with psycopg.connect(pg_dsn) as conn:
         applied = conn.execute(
-            f'SELECT count(*) FROM "{pg_schema}".schema_migrations'  # noqa: S608 - test-made name
+            f'SELECT count(*) FROM "{pg_schema}".schema_migrations'
         ).fetchone()
     assert applied is not None and applied[0] >= 1
 
