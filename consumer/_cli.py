@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
+from factflow_lineage.cli import Output, OutputOpt
 from factflow_lineage.config import Settings
 from factflow_lineage.db import connect, first_line
 from factflow_lineage.errors import DatabaseUnavailable, NotFound
@@ -33,13 +34,6 @@ from ._service import (
 )
 
 
-class Output(StrEnum):
-    """How a command prints its result."""
-
-    table = "table"
-    json = "json"
-
-
 class GroupProtocol(StrEnum):
     """Kafka consumer group protocols."""
 
@@ -47,9 +41,6 @@ class GroupProtocol(StrEnum):
     classic = "classic"
 
 
-OutputOpt = Annotated[
-    Output, typer.Option("--output", "-o", help="table for people, json (one document) for jq.")
-]
 
 projector_app = typer.Typer(
     name="projector", help="The projector from Kafka into PostgreSQL.", no_args_is_help=True

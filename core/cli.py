@@ -7,6 +7,7 @@ operator never sees a traceback for bad input or a database that is down.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import click
@@ -17,7 +18,20 @@ from . import __version__
 from .config import Settings
 from .errors import ConfigError, LineageError, UsageError
 
-__all__ = ["UsageError", "app", "exit_code", "main"]
+__all__ = ["Output", "OutputOpt", "UsageError", "app", "exit_code", "main"]
+
+
+class Output(StrEnum):
+    """How a command prints its result: for people, or one JSON document for jq."""
+
+    table = "table"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    Output,
+    typer.Option("--output", "-o", help="table for people, json (one document) for jq."),
+]
 
 
 def exit_code(error: LineageError) -> int:

@@ -20,6 +20,7 @@ from uuid import UUID
 import typer
 
 from factflow_lineage import query as q
+from factflow_lineage.cli import Output
 from factflow_lineage.config import Settings
 from factflow_lineage.consumer import ProjectorConfig
 from factflow_lineage.db import connect
@@ -55,10 +56,6 @@ class RawOrJson(StrEnum):
     raw = "raw"
     json = "json"
 
-
-class TableOrJson(StrEnum):
-    table = "table"
-    json = "json"
 
 
 demo_app = typer.Typer(
@@ -283,8 +280,8 @@ def storage_list(
     ],
     stage: Annotated[str | None, typer.Option(help="Only this stage's inputs.")] = None,
     output: Annotated[
-        TableOrJson, typer.Option("--output", "-o", help="table, or json for jq.")
-    ] = TableOrJson.table,
+        Output, typer.Option("--output", "-o", help="table, or json for jq.")
+    ] = Output.table,
 ) -> None:
     """The stored input messages of one execution: KEY and SIZE."""
     storage = StorageSettings.from_env().open()
@@ -295,7 +292,7 @@ def storage_list(
     if not keys:
         raise NotFound(f"storage {storage.root} holds nothing of execution {execution_id}")
     sizes = [(k, storage.size(k)) for k in keys]
-    if output is TableOrJson.json:
+    if output is Output.json:
         typer.echo(json.dumps([{"key": k, "size": n} for k, n in sizes], indent=2))
         return
     width = max(len(k) for k, _ in sizes)
@@ -348,8 +345,8 @@ def replay_command(
     ] = False,
     projector_group: ProjectorGroupOpt = _DEFAULT_GROUP,
     output: Annotated[
-        TableOrJson, typer.Option("--output", "-o", help="table (the new id), or json.")
-    ] = TableOrJson.table,
+        Output, typer.Option("--output", "-o", help="table (the new id), or json.")
+    ] = Output.table,
 ) -> None:
     """Run STAGE and everything downstream again, on its stored inputs, as a new execution.
 
@@ -398,7 +395,7 @@ def replay_command(
         result = replay(pipeline, plan, routes, progress=progress)
     if not no_projector:
         _catch_up(settings, projector_group)
-    if output is TableOrJson.json:
+    if output is Output.json:
         document = {
             "execution_id": str(result.execution_id),
             "replay_of": str(plan.execution_id),

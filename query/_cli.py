@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
+from factflow_lineage.cli import Output, OutputOpt
 from factflow_lineage.config import Settings
 from factflow_lineage.db import connect
 from factflow_lineage.errors import ConfigError
@@ -25,17 +25,6 @@ from . import _queries as q
 from ._ids import parse_since
 from ._models import Page
 
-
-class Output(StrEnum):
-    """How a command prints its result."""
-
-    table = "table"
-    json = "json"
-
-
-OutputOpt = Annotated[
-    Output, typer.Option("--output", "-o", help="table for people, json (one document) for jq.")
-]
 LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, max=q.MAX_LIMIT, help="Rows.")]
 CursorOpt = Annotated[
     str | None, typer.Option("--cursor", help="Continue after a page (its next_cursor).")

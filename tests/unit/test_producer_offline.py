@@ -311,9 +311,12 @@ def test_a_full_spool_is_counted_and_never_raises(tmp_path: Path) -> None:
     assert stats.emitted == 6000
     assert 0 < stats.spooled < 1000
     assert stats.unspooled == stats.emitted - stats.spooled
-    # Nothing was delivered: what is neither queued nor waiting in the spool was dropped.
-    assert stats.queue_depth == 1000
-    assert stats.dropped == stats.emitted - stats.queue_depth - stats.backlog
+    # Nothing was delivered: what is neither queued (librdkafka holds exactly
+    # its 1000-message bound) nor waiting in the spool was dropped. queue_depth
+    # is len(producer), which also counts librdkafka's in-flight protocol
+    # requests, so it may exceed the message count by one or two.
+    assert stats.emitted - stats.dropped - stats.backlog == 1000
+    assert 1000 <= stats.queue_depth <= 1010
     assert stats.spool_bytes <= 128 * 1024
     assert stats.errors == 0
     # Closed without a broker: the unspooled ones in the queue are lost too,
