@@ -49,6 +49,10 @@ class DecodedBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # partition -> (first offset, last offset) of the messages of the batch
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # The projection's plan of exactly ``events`` (``Projection.plan``), made
+    # ahead by ``BatchWriter.decode`` so that it too overlaps the write in
+    # flight; None: the projection plans inside the transaction (``apply``).
+    plan: Any = None
 
     @property
     def size(self) -> int:

@@ -14,10 +14,10 @@ mechanism: "seek to what PostgreSQL says", which is always right.
 
 One batch is written while the next is fetched and decoded: the write runs
 in a writer thread (psycopg releases the GIL while PostgreSQL works), so the
-decoding of batch N+1 overlaps the SQL of batch N. At most one write is in
-flight, and the PostgreSQL connection is used by one thread at a time: the
-main thread touches it (assignments, resyncs, reconnects) only after waiting
-for the write in flight ("draining").
+decoding and planning of batch N+1 (``BatchWriter.decode``) overlap the SQL of
+batch N. At most one write is in flight, and the PostgreSQL connection is used
+by one thread at a time: the main thread touches it (assignments, resyncs,
+reconnects) only after waiting for the write in flight ("draining").
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class ProjectorLoop:
                     messages = self._accept(self._wait_for_messages())
                     if not messages:
                         continue
-                batch = self._writer.decode(messages)  # overlaps the write in flight
+                batch = self._writer.decode(messages)  # decode + plan: overlaps the write in flight
                 self._drain()
                 self._submit(*self._still_positioned(messages, batch))
             self._drain()

@@ -65,6 +65,12 @@ class ProjectionLike(Protocol):
     def apply(self, conn: psycopg.Connection[Any], events: Sequence[Mapping[str, Any]]) -> Any: ...
 
 
+# Optionally, a projection splits ``apply`` in two like ``Projection``:
+# ``plan(events)``, pure CPU and thread-safe, and ``apply_plan(conn, plan)``,
+# the SQL. The writer then plans in ``decode`` (see there); a projection with
+# only ``apply`` is planned inside the transaction, as before.
+
+
 def _rejected(stats: Any) -> Sequence[Any]:
     rejected = getattr(stats, "rejected", None)
     return () if rejected is None else tuple(rejected)
@@ -106,10 +112,28 @@ class BatchWriter:
         self.topic = topic
         self.projection = projection
         self._decode = decode
+        plan = getattr(projection, "plan", None)
+        apply_plan = getattr(projection, "apply_plan", None)
+        self._plan = plan if callable(plan) and callable(apply_plan) else None
+        self._apply_plan = apply_plan
 
     def decode(self, messages: Sequence[KafkaMessage]) -> DecodedBatch:
-        """Decode ``messages`` (pure CPU work: the loop does it while the previous batch writes)."""
-        return decode_messages(messages, self.topic, self._decode)
+        """Decode and plan ``messages``: pure CPU, the loop does it while the previous batch writes.
+
+        The plan (coalescing, encoding for COPY) costs about as much client
+        CPU as the decoding; made here, it leaves the writer thread only the
+        SQL. It covers exactly ``batch.events``, so the transaction still
+        holds the offsets, rows and dead letters of exactly these messages.
+        """
+        batch = decode_messages(messages, self.topic, self._decode)
+        if self._plan is not None and batch.events:
+            try:
+                batch.plan = self._plan(batch.events)
+            except REJECTED:
+                # Left to ``apply`` inside the transaction, which raises it
+                # again where a refused batch is handled (split, dead letter).
+                batch.plan = None
+        return batch
 
     def write(
         self,
@@ -165,7 +189,10 @@ class BatchWriter:
                         raise _Conflict(conflicts)
                     letters = batch.dead_letters
                     rejected: Sequence[Any] = ()
-                    if batch.events:
+                    if batch.plan is not None:
+                        assert self._apply_plan is not None
+                        rejected = _rejected(self._apply_plan(conn, batch.plan))
+                    elif batch.events:
                         rejected = _rejected(self.projection.apply(conn, batch.events))
                     if rejected:
                         letters = letters + [
