@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from asyncio import CancelledError
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -195,70 +195,52 @@ class Invocation:
 
     def complete(self) -> None:
         """Record that the invocation succeeded (no-op if it already ended)."""
-        if self._state != _RUNNING:
-            return
-        self._state = _ENDED
-        try:
-            hasher = self._hasher
-            self._rec._emit(
-                _COMPLETED,
-                self._root,
-                {
-                    "lineage_id": self._id,
-                    "execution_id": self._exec,
-                    "output_hash": None if hasher is None else hasher.hexdigest(),
-                    "children": self._children,
-                },
-            )
-        except Exception as e:
-            self._rec._internal_error("complete", e)
+        hasher = self._hasher
+        self._finish(
+            "complete",
+            _COMPLETED,
+            lambda: {"output_hash": None if hasher is None else hasher.hexdigest()},
+        )
 
     def fail(self, error: BaseException | str) -> None:
         """Record that the invocation failed with ``error`` (no-op if it already ended)."""
-        if self._state != _RUNNING:
-            return
-        self._state = _ENDED
-        try:
-            config = self._rec.config
-            if isinstance(error, BaseException):
-                kind = error_class(error)
-                message = safe_str(error)
-                trace: str | None = truncate(format_traceback(error), config.traceback_max_bytes)
-            else:
-                kind, message, trace = "Error", safe_str(error), None
-            self._rec._emit(
-                _FAILED,
-                self._root,
-                {
-                    "lineage_id": self._id,
-                    "execution_id": self._exec,
-                    "error_class": kind,
-                    "error_message": truncate(message, config.error_message_max_bytes),
-                    "traceback": trace,
-                    "children": self._children,
-                },
-            )
-        except Exception as e:
-            self._rec._internal_error("fail", e)
+        self._finish("fail", _FAILED, lambda: self._failure(error))
 
     def cancel(self, reason: str | None = None) -> None:
         """Record that the invocation was cancelled (no-op if it already ended)."""
+        self._finish(
+            "cancel", _CANCELLED, lambda: {"reason": None if reason is None else _text(reason)}
+        )
+
+    def _finish(self, action: str, event_type: str, fields: Callable[[], dict[str, Any]]) -> None:
+        """Emit the invocation's one terminal event; any later end is a no-op.
+
+        ``fields`` is called inside the boundary: formatting a user's error or
+        hashing may itself fail, and that must not reach the pipeline either.
+        """
         if self._state != _RUNNING:
             return
         self._state = _ENDED
         try:
-            self._rec._emit(
-                _CANCELLED,
-                self._root,
-                {
-                    "lineage_id": self._id,
-                    "execution_id": self._exec,
-                    "reason": None if reason is None else _text(reason),
-                    "children": self._children,
-                },
-            )
+            payload = {"lineage_id": self._id, "execution_id": self._exec, **fields()}
+            payload["children"] = self._children
+            self._rec._emit(event_type, self._root, payload)
         except Exception as e:
-            self._rec._internal_error("cancel", e)
+            self._rec._internal_error(action, e)
+
+    def _failure(self, error: BaseException | str) -> dict[str, Any]:
+        config = self._rec.config
+        if isinstance(error, BaseException):
+            kind = error_class(error)
+            message = safe_str(error)
+            trace: str | None = truncate(format_traceback(error), config.traceback_max_bytes)
+        else:
+            kind, message, trace = "Error", safe_str(error), None
+        return {
+            "error_class": kind,
+            "error_message": truncate(message, config.error_message_max_bytes),
+            "traceback": trace,
+        }
 
     def _end(self, exc: BaseException | None) -> None:
         if self._state != _RUNNING:
