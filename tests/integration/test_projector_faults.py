@@ -9,6 +9,7 @@ nothing lost, nothing doubled. Each test breaks a private instance of its own
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import replace
@@ -133,8 +134,15 @@ def test_broker_restart_mid_run_loses_and_doubles_nothing(
     finally:
         proc.ensure_stopped()
     log = proc.log()
-    assert _count(log, "Kafka unavailable") == 1, log
-    assert _count(log, "Kafka available again") == 1, log
+    # One line per state change. librdkafka may deliver an all-brokers-down
+    # error queued before the recovery right after it, so one outage can read
+    # as down/up/down/up (seen in CI); what holds is that the outage was
+    # announced, every "unavailable" has its "available again", and the last
+    # word is the recovery.
+    changes = re.findall(r"Kafka (unavailable|available again)", log)
+    assert changes and changes[0] == "unavailable", log
+    assert changes == ["unavailable", "available again"] * (len(changes) // 2), log
+    assert len(changes) <= 4, log
     assert "Traceback" not in log
 
     reference = f"{pg_schema}_ref"
