@@ -21,61 +21,20 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from _common import copy_limit, describe, generate
 from psycopg import sql
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from factflow_lineage.config import Settings
 from factflow_lineage.consumer._projection import Projection
 from factflow_lineage.migrations import apply_migrations, projection_migrations
-from tests.support import reference_model
-from tests.support.events import RunShape, batches, realistic_run
-
-# The table's own columns (generated ones are computed on insert).
-COLUMNS = [
-    c
-    for c in reference_model.LINEAGE_COLUMNS
-    if c not in {"known", "children_pending", "settled", "failed_at"}
-]
-
-
-BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-BINARY_TRAILER = b"\xff\xff"
-
-
-def split_binary_copy(data: bytes) -> list[bytes]:
-    """The tuples of a binary COPY stream, each as its own bytes (header and trailer cut)."""
-    ext = int.from_bytes(data[15:19], "big")
-    pos = 19 + ext
-    tuples: list[bytes] = []
-    while True:
-        fields = int.from_bytes(data[pos : pos + 2], "big", signed=True)
-        if fields == -1:
-            return tuples
-        end = pos + 2
-        for _ in range(fields):
-            size = int.from_bytes(data[end : end + 4], "big", signed=True)
-            end += 4 + max(size, 0)
-        tuples.append(data[pos:end])
-        pos = end
-
-
-def generate(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    while len(events) < n:
-        events += realistic_run(rng, RunShape(executions=4, roots=40))
-    # Executions generated one after another would each have their own time
-    # window; as one stream they interleave.
-    events.sort(key=lambda e: e["occurred_at"])
-    return events[:n]
+from support import reference_model
+from support.events import batches
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -106,6 +65,7 @@ def main() -> None:
     t = time.perf_counter()
     events = generate(args.events, args.seed)
     print(f"generated {len(events):,} events in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"stream: {describe(events)}", flush=True)
     # A consumer holds one batch at a time, not the whole run: keep the garbage
     # collector from walking the generated million events again and again.
     gc.freeze()
@@ -138,28 +98,7 @@ def main() -> None:
         n_rows = rows[0] if rows else 0
 
         # The limit: the same final rows, binary COPY, same rows per transaction.
-        cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                sql.SQL(
-                    "COPY (SELECT {} FROM {} ORDER BY started_at NULLS LAST)"
-                    " TO STDOUT (FORMAT BINARY)"
-                ).format(cols, sql.Identifier(args.schema, "lineage"))
-            ) as copy,
-        ):
-            tuples = split_binary_copy(b"".join(bytes(block) for block in copy))
-        rows_per_batch = max(1, n_rows // max(n_batches, 1))
-        copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(limit_schema, "lineage"), cols
-        )
-        t = time.perf_counter()
-        for i in range(0, len(tuples), rows_per_batch):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_in) as copy:
-                copy.write(
-                    BINARY_HEADER + b"".join(tuples[i : i + rows_per_batch]) + BINARY_TRAILER
-                )
-        limit = time.perf_counter() - t
+        _, limit = copy_limit(conn, args.schema, limit_schema, max(1, n_rows // max(n_batches, 1)))
 
         print(f"batches: {n_batches:,} of {args.batch:,} events; lineage rows: {n_rows:,}")
         print(

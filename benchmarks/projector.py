@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -38,30 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _common import copy_limit, describe, generate
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from factflow_lineage.config import Settings  # noqa: E402
-from factflow_lineage.migrations import apply_migrations, projection_migrations  # noqa: E402
-from factflow_lineage.schemas import encode  # noqa: E402
-from support.events import RunShape, realistic_run  # noqa: E402
-
-BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-BINARY_TRAILER = b"\xff\xff"
-
-
-def generate(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` events of interleaved realistic executions, in stream order."""
-    rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    while len(events) < n:
-        events += realistic_run(rng, RunShape(executions=4, roots=40))
-    events.sort(key=lambda e: e["occurred_at"])
-    return events[:n]
+from factflow_lineage.config import Settings
+from factflow_lineage.migrations import apply_migrations, projection_migrations
+from factflow_lineage.schemas import encode
 
 
 def keyed(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
@@ -161,56 +144,6 @@ def stop_projector(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_utime + usage.ru_stime
-
-
-def split_binary_copy(data: bytes) -> list[bytes]:
-    """The tuples of a binary COPY stream, each as its own bytes (header and trailer cut)."""
-    ext = int.from_bytes(data[15:19], "big")
-    pos = 19 + ext
-    tuples: list[bytes] = []
-    while True:
-        fields = int.from_bytes(data[pos : pos + 2], "big", signed=True)
-        if fields == -1:
-            return tuples
-        end = pos + 2
-        for _ in range(fields):
-            size = int.from_bytes(data[end : end + 4], "big", signed=True)
-            end += 4 + max(size, 0)
-        tuples.append(data[pos:end])
-        pos = end
-
-
-def copy_limit(
-    conn: psycopg.Connection[Any], source: str, target: str, rows_per_tx: int
-) -> tuple[int, float]:
-    """Binary COPY of ``source``'s lineage rows into ``target``'s (indexed, empty) table."""
-    columns = [
-        r[0]
-        for r in conn.execute(
-            # Generated columns are computed on insert; everything else is copied.
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            (f'"{source}".lineage',),
-        ).fetchall()
-    ]
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
-                cols, sql.Identifier(source, "lineage")
-            )
-        ) as copy,
-    ):
-        tuples = split_binary_copy(b"".join(bytes(block) for block in copy))
-    copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(target, "lineage"), cols
-    )
-    started = time.perf_counter()
-    for i in range(0, len(tuples), rows_per_tx):
-        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_in) as copy:
-            copy.write(BINARY_HEADER + b"".join(tuples[i : i + rows_per_tx]) + BINARY_TRAILER)
-    return len(tuples), time.perf_counter() - started
 
 
 def freshness(
@@ -315,6 +248,7 @@ def main() -> None:
         events = generate(args.events, args.seed)
         messages = keyed(events)
         print(f"generated and encoded {len(events):,} events in {time.perf_counter() - t:.1f} s")
+        print(f"stream: {describe(events)}")
         t = time.perf_counter()
         produce_all(settings.kafka.bootstrap, topic, messages)
         print(

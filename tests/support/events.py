@@ -7,7 +7,8 @@ and ``encode`` takes, so the same sets can go through Kafka or straight into
 
 * ``EventBuilder``: one event per call, with a fresh event id and sequence.
 * ``realistic_run``: pipeline executions as they happen (chains with fan-out
-  4-8 stages deep, batches, ~2 % failures), in the order of ``occurred_at``.
+  4-8 stages deep, batches, ~2 % failures), in the order of ``occurred_at``;
+  ``realistic_stream``: as many runs as make ``n`` events of one stream.
 * ``scenarios``: a hypothesis strategy of small adversarial event sets (random
   DAGs, placeholders, conflicting and missing events) for property tests.
 """
@@ -262,8 +263,8 @@ _STAGES = (
 )
 
 
-def realistic_run(rng: random.Random, shape: RunShape = RunShape()) -> list[Event]:
-    """Events of ``shape.executions`` pipeline executions, sorted by ``occurred_at``."""
+def realistic_run(rng: random.Random, shape: RunShape = RunShape(), *, at: int = T0) -> list[Event]:
+    """Events of ``shape.executions`` pipeline executions from ``at``, sorted by ``occurred_at``."""
     b = EventBuilder(rng)
     out: list[Event] = []
     # Spread the executions over the time the run takes at the given rate.
@@ -272,7 +273,7 @@ def realistic_run(rng: random.Random, shape: RunShape = RunShape()) -> list[Even
     mean = shape.duration_ms * 1000
     for _ in range(shape.executions):
         xid = uid(rng)
-        x_at = T0 + rng.randrange(max(window // 2, 1))
+        x_at = at + rng.randrange(max(window // 2, 1))
         out.append(b.execution_started(execution_id=xid, at=x_at, pipeline="web_ingest"))
         last = x_at
         depth = rng.randint(*shape.depth)
@@ -344,6 +345,27 @@ def realistic_run(rng: random.Random, shape: RunShape = RunShape()) -> list[Even
         out.append(b.execution_finished(execution_id=xid, at=last + 1000, status="COMPLETED"))
     out.sort(key=lambda e: (e["occurred_at"], e["sequence"]))
     return out
+
+
+def realistic_stream(rng: random.Random, n: int, shape: RunShape = RunShape()) -> list[Event]:
+    """``n`` events of back-to-back ``realistic_run``s as one stream at ``shape.rate`` events/s.
+
+    Each run starts when the stream has carried the previous run's events at
+    the shape's rate, so runs overlap as a busy pipeline's executions do, and a
+    start and its completion lie as far apart in the stream as the invocation
+    takes at that rate (``duration_ms * rate / 1000`` events on average). Runs
+    all started at the same instant would compress time instead: the stream
+    would run at many times ``shape.rate`` with the same invocation times, and
+    a start and its completion would lie hundreds of thousands of events apart.
+    """
+    events: list[Event] = []
+    at = T0
+    while len(events) < n:
+        run = realistic_run(rng, shape, at=at)
+        events += run
+        at += int(len(run) / shape.rate * 1_000_000)
+    events.sort(key=lambda e: (e["occurred_at"], e["sequence"]))
+    return events[:n]
 
 
 def batches(events: list[Event], size: int) -> Iterator[list[Event]]:
