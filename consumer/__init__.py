@@ -12,8 +12,8 @@ from ._decoder import DeadLetter
 from ._dlq import StoredDeadLetter, list_dead_letters
 from ._loop import ProjectorStats
 from ._offsets import load_offsets
-from ._planner import Plan, RejectedEvent, invalid_reason  # helper-4
-from ._projection import ApplyStats, ParentCycleError, Projection  # helper-4
+from ._planner import Plan, RejectedEvent, invalid_reason
+from ._projection import ApplyStats, ParentCycleError, Projection
 from ._rebuild import RebuildError, RebuildOptions, RebuildProgress, RebuildReport, rebuild
 from ._service import Projector, ProjectorConfig, run_until_signalled, stop_on_signals
 from ._status import PartitionLag, projector_status

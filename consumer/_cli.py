@@ -41,7 +41,6 @@ class GroupProtocol(StrEnum):
     classic = "classic"
 
 
-
 projector_app = typer.Typer(
     name="projector", help="The projector from Kafka into PostgreSQL.", no_args_is_help=True
 )

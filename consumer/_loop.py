@@ -45,6 +45,7 @@ from factflow_lineage.errors import BrokerUnavailable, DatabaseUnavailable
 
 from ._decoder import DecodedBatch
 from ._faults import Backoff, Outage
+from ._gc import ScheduledCollection
 from ._offsets import load_offsets
 from ._writer import BatchWriter, WriteResult
 
@@ -73,6 +74,8 @@ class LoopOptions:
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     commit_to_kafka: bool = True
+    # Seconds between full garbage collections; None: Python's own schedule (see _gc).
+    gc_interval: float | None = 30.0
 
 
 @dataclass(slots=True)
@@ -179,28 +182,10 @@ class ProjectorLoop:
     def run(self, stop: threading.Event) -> None:
         """Project until ``stop`` is set; the batch in hand is finished first."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
+        collection = ScheduledCollection(self._options.gc_interval)
         try:
-            while not stop.is_set():
-                if self._conn is None or (
-                    self._unpositioned and time.monotonic() >= self._resync_after
-                ):
-                    self._drain()
-                    if not self._recover(stop):
-                        continue
-                if self.kafka.down:
-                    self._probe_kafka()
-                messages = self._accept(self._consumer.consume(self._options.batch_max, 0))
-                if not messages:
-                    if self._inflight is not None:
-                        self._drain()  # nothing queued: finish the write, then wait
-                        continue
-                    messages = self._accept(self._wait_for_messages())
-                    if not messages:
-                        continue
-                batch = self._writer.decode(messages)  # decode + plan: overlaps the write in flight
-                self._drain()
-                self._submit(*self._still_positioned(messages, batch))
-            self._drain()
+            with collection:
+                self._run(stop, collection)
         except KafkaException as e:
             raise BrokerUnavailable(f"Kafka consumer failed: {e}") from e
         except BaseException:
@@ -217,6 +202,32 @@ class ProjectorLoop:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def _run(self, stop: threading.Event, collection: ScheduledCollection) -> None:
+        while not stop.is_set():
+            if self._conn is None or (
+                self._unpositioned and time.monotonic() >= self._resync_after
+            ):
+                self._drain()
+                if not self._recover(stop):
+                    continue
+            if self.kafka.down:
+                self._probe_kafka()
+            messages = self._accept(self._consumer.consume(self._options.batch_max, 0))
+            if not messages:
+                if self._inflight is not None:
+                    self._drain()  # nothing queued: finish the write, then wait
+                    continue
+                messages = self._accept(self._wait_for_messages())
+                if not messages:
+                    collection.between_batches()
+                    continue
+            batch = self._writer.decode(messages)  # decode + plan: overlaps the write in flight
+            self._drain()
+            self._submit(*self._still_positioned(messages, batch))
+            # While PostgreSQL writes: the main thread has nothing else to do.
+            collection.between_batches()
+        self._drain()
 
     def _wait_for_messages(self) -> list[Message]:
         """Block until a message arrives (or ``poll_timeout``), then take the rest queued.

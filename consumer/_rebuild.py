@@ -35,6 +35,7 @@ from factflow_lineage.errors import BrokerUnavailable, DatabaseUnavailable, Line
 from factflow_lineage.migrations import apply_migrations, projection_migrations
 
 from ._decoder import Decode, default_decode
+from ._gc import ScheduledCollection
 from ._offsets import TABLE as OFFSETS_TABLE
 from ._offsets import load_offsets
 from ._writer import BatchWriter, ProjectionLike
@@ -58,6 +59,8 @@ class RebuildOptions:
     progress_every: float = 2.0
     lock_timeout_s: float = 60.0
     stall_timeout_s: float = 60.0
+    # Seconds between full garbage collections (see _gc); None: Python's schedule.
+    gc_interval: float | None = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,10 +210,11 @@ def rebuild(
             decode=decode or default_decode(),
         )
         replay = _Replay(settings, options, tag)
+        run = _Run(conn, writer, replay, options, progress, schema)
         try:
-            run = _Run(conn, writer, replay, options, progress, schema)
-            run.catch_up()
-            offsets = run.swap(new, old)
+            with run.collection:
+                run.catch_up()
+                offsets = run.swap(new, old)
             swapped = True
         finally:
             replay.close()
@@ -274,6 +278,7 @@ class _Run:
         self.dead_letters = 0
         self._tick_at = time.monotonic()
         self._tick_events = 0
+        self.collection = ScheduledCollection(options.gc_interval)
 
     def live_offsets(self) -> dict[int, int] | None:
         """The live projection's stored offsets; None when there is no live projection."""
@@ -308,6 +313,7 @@ class _Run:
         replay.positions.update(result.committed)
         self.events += result.events
         self.dead_letters += result.dead_letters
+        self.collection.between_batches()
 
     def _report(self, phase: str, force: bool = False) -> None:
         now = time.monotonic()

@@ -52,6 +52,9 @@ class ProjectorConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     commit_to_kafka: bool = True
+    # Seconds between full garbage collections, which otherwise cost half the
+    # client CPU (see _gc); None leaves Python's collector on its own schedule.
+    gc_interval: float | None = 30.0
 
     def loop_options(self) -> LoopOptions:
         return LoopOptions(
@@ -60,6 +63,7 @@ class ProjectorConfig:
             backoff_initial=self.backoff_initial,
             backoff_max=self.backoff_max,
             commit_to_kafka=self.commit_to_kafka,
+            gc_interval=self.gc_interval,
         )
 
 

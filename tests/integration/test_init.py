@@ -44,9 +44,7 @@ def test_init_twice_creates_then_changes_nothing(
     assert config["retention.ms"].value == "-1"
 
     with psycopg.connect(pg_dsn) as conn:
-        applied = conn.execute(
-            f'SELECT count(*) FROM "{pg_schema}".schema_migrations'
-        ).fetchone()
+        applied = conn.execute(f'SELECT count(*) FROM "{pg_schema}".schema_migrations').fetchone()
     assert applied is not None and applied[0] >= 1
 
     second = _factflow(env, "init")
