@@ -416,13 +416,22 @@ _X_SET = ",\n        ".join(
     ]
 )
 
+# A placeholder no child names any more: the only start that named it as parent
+# lost to an earlier one naming another. A fresh projection of the same events
+# never made it, so it goes (unknown rows count nowhere, nothing else changes).
+_ORPHAN = (
+    "(w.start_event_id IS NULL AND w.terminal_event_id IS NULL AND w.children_registered = 0)"
+)
+
 WRITE = f"""
 WITH ins AS (
     INSERT INTO {{lineage}} (id, {", ".join(_COLS)})
-    SELECT id, {", ".join(_COLS)} FROM pg_temp.{WORK} WHERE tid IS NULL
+    SELECT id, {", ".join(_COLS)} FROM pg_temp.{WORK} w WHERE tid IS NULL AND NOT {_ORPHAN}
 ), upd AS (
     UPDATE {{lineage}} t SET ({", ".join(_COLS)}) = ({", ".join(f"w.{c}" for c in _COLS)})
-    FROM pg_temp.{WORK} w WHERE t.ctid = w.tid
+    FROM pg_temp.{WORK} w WHERE t.ctid = w.tid AND NOT {_ORPHAN}
+), del AS (
+    DELETE FROM {{lineage}} t USING pg_temp.{WORK} w WHERE t.ctid = w.tid AND {_ORPHAN}
 ), g AS (
     -- Each row's transition as signed contributions, summed per (execution,
     -- route, adapter): its old state taken away, its new state added (only

@@ -325,6 +325,28 @@ def test_a_start_that_wins_later_moves_the_row(
     same_as_model(conn, pg_schema, [*events, early])
 
 
+def test_a_placeholder_only_a_losing_start_named_goes_away(
+    conn: psycopg.Connection[Any], proj: Projection, pg_schema: str, b: EventBuilder
+) -> None:
+    # Found by hypothesis: the start naming CHILD_B as parent arrives first and
+    # makes a placeholder of it; the earlier start, naming no parent, wins
+    # later. A fresh projection of both never had CHILD_B: neither may we.
+    late = start(b, GRANDCHILD, CHILD_B, T0 + 5)
+    early = start(b, GRANDCHILD, None, T0)
+    apply(conn, proj, [late])
+    assert row(conn, pg_schema, CHILD_B)["children_registered"] == 1
+    apply(conn, proj, [early])
+    assert not any(r["id"] == UUID(bytes=CHILD_B) for r in table(conn, pg_schema, "lineage"))
+    same_as_model(conn, pg_schema, [late, early])
+    # A parent with an event of its own stays when its last child leaves.
+    done = b.completed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 9)
+    moved, winner = start(b, ROOT, CHILD_A, T0 + 1), start(b, ROOT, None, T0)
+    apply(conn, proj, [done], [moved], [winner])
+    assert row(conn, pg_schema, CHILD_A)["status"] == "completed"
+    assert row(conn, pg_schema, CHILD_A)["children_registered"] == 0
+    same_as_model(conn, pg_schema, [late, early, done, moved, winner])
+
+
 def test_rejected_events_are_reported_and_left_out(
     conn: psycopg.Connection[Any], proj: Projection, pg_schema: str, b: EventBuilder
 ) -> None:

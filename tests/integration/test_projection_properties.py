@@ -61,13 +61,15 @@ def _check(
     for batch in _stream(events, rng):
         with conn.transaction():
             projection.apply(conn, batch)
-    assert reference_model.dump(conn, schema) == want
+    got = reference_model.dump(conn, schema)
+    assert got == want, reference_model.differences(want, got)
 
     _truncate(conn, schema)
     canonical = sorted(events, key=lambda e: (e["occurred_at"], e["event_id"]))
     with conn.transaction():
         projection.apply(conn, canonical)
-    assert reference_model.dump(conn, schema) == want
+    got = reference_model.dump(conn, schema)
+    assert got == want, reference_model.differences(want, got)
 
 
 @settings(

@@ -267,3 +267,23 @@ def dump(conn: psycopg.Connection[Any], schema: str) -> Tables:
         # Sorted here, not by ORDER BY: text order in the database follows its collation.
         out[table] = sorted((tuple(row) for row in conn.execute(query)), key=lambda r: r[:3])
     return out
+
+
+def differences(want: Tables, got: Tables) -> str:
+    """What differs between two dumps, row by row and column by column (for assert messages)."""
+    lines: list[str] = []
+    for table, columns in TABLES.items():
+        wanted = {row[0] if table != "lineage_stats" else row[:3]: row for row in want[table]}
+        stored = {row[0] if table != "lineage_stats" else row[:3]: row for row in got[table]}
+        for key in sorted(wanted.keys() | stored.keys(), key=str):
+            w, g = wanted.get(key), stored.get(key)
+            if w == g:
+                continue
+            if w is None or g is None:
+                lines.append(f"{table} {key}: {'only stored' if w is None else 'missing'}")
+                continue
+            changed = [
+                f"{c}={g[i]!r} (model: {w[i]!r})" for i, c in enumerate(columns) if w[i] != g[i]
+            ]
+            lines.append(f"{table} {key}: " + ", ".join(changed))
+    return "\n".join(lines)
