@@ -176,11 +176,11 @@ def _rank(status: str) -> str:
     )
 
 
-def _settled_delta(row: str) -> str:
-    # _settled of a working-set row after the deltas d.dr and d.ds.
+def _settled_delta(row: str, delta: str) -> str:
+    # _settled of a working-set row after the deltas {delta}dr and {delta}ds.
     return (
-        f"({row}status <> 'pending' AND {row}children_settled + d.ds"
-        f" >= greatest(coalesce({row}children_expected, 0), {row}children_registered + d.dr))"
+        f"({row}status <> 'pending' AND {row}children_settled + {delta}ds"
+        f" >= greatest(coalesce({row}children_expected, 0), {row}children_registered + {delta}dr))"
     )
 
 
@@ -318,18 +318,24 @@ def _propagate(source: str, target: str) -> str:
     return f"""
 WITH d AS (
     DELETE FROM pg_temp.{source} RETURNING id, dr, ds, df
+), dw AS (
+    -- One probe of the working set per delta: found (a) or to be read (b).
+    SELECT d.id, d.dr, d.ds, d.df, w.ctid AS wtid, w.status, w.children_expected,
+           w.children_registered, w.children_settled, w.descendants_failed,
+           w.contrib_parent, w.contrib_settled, w.contrib_failed
+    FROM d LEFT JOIN pg_temp.{WORK} w ON w.id = d.id
 ), a AS (
     SELECT k.*, {_CONTRIB}
     FROM (
         SELECT
-            w.id, w.ctid AS wtid, w.status, w.children_expected,
-            w.children_registered + d.dr AS children_registered,
-            w.children_settled + d.ds AS children_settled,
-            w.descendants_failed + d.df AS descendants_failed,
+            w.id, w.wtid, w.status, w.children_expected,
+            w.children_registered + w.dr AS children_registered,
+            w.children_settled + w.ds AS children_settled,
+            w.descendants_failed + w.df AS descendants_failed,
             w.contrib_parent,
             w.contrib_settled AS o_contrib_settled, w.contrib_failed AS o_contrib_failed,
-            {_settled_delta("w.")} AS settled
-        FROM d JOIN pg_temp.{WORK} w ON w.id = d.id
+            {_settled_delta("w.", "w.")} AS settled
+        FROM dw w WHERE w.wtid IS NOT NULL
     ) k
 ), upd AS (
     UPDATE pg_temp.{WORK} w
@@ -350,8 +356,8 @@ WITH d AS (
             coalesce(l.children_registered, 0) + d.dr AS children_registered,
             coalesce(l.children_settled, 0) + d.ds AS children_settled,
             coalesce(l.descendants_failed, 0) + d.df AS descendants_failed
-        FROM d {_lookup("d")}
-        WHERE NOT EXISTS (SELECT 1 FROM pg_temp.{WORK} x WHERE x.id = d.id)
+        FROM dw d {_lookup("d")}
+        WHERE d.wtid IS NULL
     ) j
     CROSS JOIN LATERAL (SELECT j.*, {_settled("j.")} AS settled) k
 ), ins AS (
@@ -416,12 +422,19 @@ _X_SET = ",\n        ".join(
     ]
 )
 
+# A working-set row whose counted state (known, execution, route, adapter,
+# status, settled) differs from its old one: only those change the counts.
+_COUNTED_CHANGE = f"""NOT (
+            o_known AND start_event_id IS NOT NULL
+            AND o_execution_id IS NOT DISTINCT FROM execution_id
+            AND o_route_id IS NOT DISTINCT FROM route_id
+            AND o_adapter_name IS NOT DISTINCT FROM adapter_name
+            AND o_status = status AND o_settled = {_settled("")})"""
+
 # A placeholder no child names any more: the only start that named it as parent
 # lost to an earlier one naming another. A fresh projection of the same events
 # never made it, so it goes (unknown rows count nowhere, nothing else changes).
-_ORPHAN = (
-    "(w.start_event_id IS NULL AND w.terminal_event_id IS NULL AND w.children_registered = 0)"
-)
+_ORPHAN = "(w.start_event_id IS NULL AND w.terminal_event_id IS NULL AND w.children_registered = 0)"
 
 WRITE = f"""
 WITH ins AS (
@@ -435,7 +448,8 @@ WITH ins AS (
 ), g AS (
     -- Each row's transition as signed contributions, summed per (execution,
     -- route, adapter): its old state taken away, its new state added (only
-    -- known rows count). Unchanged states cancel out.
+    -- known rows count). Rows whose counted state is unchanged (most parents
+    -- that only took counter deltas) would cancel out: they are left out.
     SELECT execution_id, route_id, adapter_name,
            {", ".join(f"sum({c}) AS {c}" for c in _COUNT_COLUMNS)}
     FROM (
@@ -443,12 +457,12 @@ WITH ins AS (
                o_adapter_name AS adapter_name, -1 AS total,
                {", ".join(f"-((o_status = '{c}')::int) AS {c}" for c in _COUNTS)},
                -((NOT o_settled)::int) AS unsettled
-        FROM pg_temp.{WORK} WHERE o_known
+        FROM pg_temp.{WORK} WHERE o_known AND {_COUNTED_CHANGE}
         UNION ALL
         SELECT execution_id, route_id, adapter_name, 1,
                {", ".join(f"(status = '{c}')::int" for c in _COUNTS)},
                (NOT {_settled("")})::int
-        FROM pg_temp.{WORK} WHERE start_event_id IS NOT NULL
+        FROM pg_temp.{WORK} WHERE start_event_id IS NOT NULL AND {_COUNTED_CHANGE}
     ) c
     GROUP BY execution_id, route_id, adapter_name
 ), sd AS (
