@@ -15,6 +15,7 @@ from ._offsets import load_offsets
 from ._planner import Plan, RejectedEvent, invalid_reason
 from ._projection import ApplyStats, ParentCycleError, Projection
 from ._rebuild import RebuildError, RebuildOptions, RebuildProgress, RebuildReport, rebuild
+from ._runtime import RuntimeSettings
 from ._service import Projector, ProjectorConfig, run_until_signalled, stop_on_signals
 from ._status import PartitionLag, projector_status
 
@@ -33,6 +34,7 @@ __all__ = [
     "RebuildProgress",
     "RebuildReport",
     "RejectedEvent",
+    "RuntimeSettings",
     "StoredDeadLetter",
     "TableChecksum",
     "invalid_reason",

@@ -45,8 +45,8 @@ from factflow_lineage.errors import BrokerUnavailable, DatabaseUnavailable
 
 from ._decoder import DecodedBatch
 from ._faults import Backoff, Outage
-from ._gc import ScheduledCollection
 from ._offsets import load_offsets
+from ._runtime import DEFAULT_RUNTIME, ProjectorRuntime, RuntimeSettings
 from ._writer import BatchWriter, WriteResult
 
 log = logging.getLogger("factflow_lineage.consumer")
@@ -74,8 +74,8 @@ class LoopOptions:
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     commit_to_kafka: bool = True
-    # Seconds between full garbage collections; None: Python's own schedule (see _gc).
-    gc_interval: float | None = 30.0
+    # Garbage collection and thread switching while the loop runs (see _runtime).
+    runtime: RuntimeSettings = DEFAULT_RUNTIME
 
 
 @dataclass(slots=True)
@@ -182,10 +182,10 @@ class ProjectorLoop:
     def run(self, stop: threading.Event) -> None:
         """Project until ``stop`` is set; the batch in hand is finished first."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
-        collection = ScheduledCollection(self._options.gc_interval)
+        runtime = ProjectorRuntime(self._options.runtime)
         try:
-            with collection:
-                self._run(stop, collection)
+            with runtime:
+                self._run(stop, runtime)
         except KafkaException as e:
             raise BrokerUnavailable(f"Kafka consumer failed: {e}") from e
         except BaseException:
@@ -203,7 +203,7 @@ class ProjectorLoop:
                 self._conn.close()
                 self._conn = None
 
-    def _run(self, stop: threading.Event, collection: ScheduledCollection) -> None:
+    def _run(self, stop: threading.Event, runtime: ProjectorRuntime) -> None:
         while not stop.is_set():
             if self._conn is None or (
                 self._unpositioned and time.monotonic() >= self._resync_after
@@ -220,13 +220,13 @@ class ProjectorLoop:
                     continue
                 messages = self._accept(self._wait_for_messages())
                 if not messages:
-                    collection.between_batches()
+                    runtime.between_batches()
                     continue
             batch = self._writer.decode(messages)  # decode + plan: overlaps the write in flight
             self._drain()
             self._submit(*self._still_positioned(messages, batch))
             # While PostgreSQL writes: the main thread has nothing else to do.
-            collection.between_batches()
+            runtime.between_batches()
         self._drain()
 
     def _wait_for_messages(self) -> list[Message]:

@@ -35,9 +35,9 @@ from factflow_lineage.errors import BrokerUnavailable, DatabaseUnavailable, Line
 from factflow_lineage.migrations import apply_migrations, projection_migrations
 
 from ._decoder import Decode, default_decode
-from ._gc import ScheduledCollection
 from ._offsets import TABLE as OFFSETS_TABLE
 from ._offsets import load_offsets
+from ._runtime import DEFAULT_RUNTIME, ProjectorRuntime, RuntimeSettings
 from ._writer import BatchWriter, ProjectionLike
 
 log = logging.getLogger("factflow_lineage.consumer")
@@ -59,8 +59,8 @@ class RebuildOptions:
     progress_every: float = 2.0
     lock_timeout_s: float = 60.0
     stall_timeout_s: float = 60.0
-    # Seconds between full garbage collections (see _gc); None: Python's schedule.
-    gc_interval: float | None = 30.0
+    # Garbage collection and thread switching while it runs (see _runtime).
+    runtime: RuntimeSettings = DEFAULT_RUNTIME
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +212,7 @@ def rebuild(
         replay = _Replay(settings, options, tag)
         run = _Run(conn, writer, replay, options, progress, schema)
         try:
-            with run.collection:
+            with run.runtime:
                 run.catch_up()
                 offsets = run.swap(new, old)
             swapped = True
@@ -278,7 +278,7 @@ class _Run:
         self.dead_letters = 0
         self._tick_at = time.monotonic()
         self._tick_events = 0
-        self.collection = ScheduledCollection(options.gc_interval)
+        self.runtime = ProjectorRuntime(options.runtime)
 
     def live_offsets(self) -> dict[int, int] | None:
         """The live projection's stored offsets; None when there is no live projection."""
@@ -313,7 +313,7 @@ class _Run:
         replay.positions.update(result.committed)
         self.events += result.events
         self.dead_letters += result.dead_letters
-        self.collection.between_batches()
+        self.runtime.between_batches()
 
     def _report(self, phase: str, force: bool = False) -> None:
         now = time.monotonic()

@@ -27,6 +27,7 @@ from factflow_lineage.errors import BrokerUnavailable
 
 from ._decoder import Decode, default_decode
 from ._loop import LoopOptions, ProjectorLoop, ProjectorStats
+from ._runtime import DEFAULT_RUNTIME, RuntimeSettings
 from ._writer import BatchWriter, ProjectionLike
 
 log = logging.getLogger("factflow_lineage.consumer")
@@ -52,9 +53,9 @@ class ProjectorConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
     commit_to_kafka: bool = True
-    # Seconds between full garbage collections, which otherwise cost half the
-    # client CPU (see _gc); None leaves Python's collector on its own schedule.
-    gc_interval: float | None = 30.0
+    # Garbage collection between batches and a short thread switch interval:
+    # together a quarter of the throughput (see _runtime).
+    runtime: RuntimeSettings = DEFAULT_RUNTIME
 
     def loop_options(self) -> LoopOptions:
         return LoopOptions(
@@ -63,7 +64,7 @@ class ProjectorConfig:
             backoff_initial=self.backoff_initial,
             backoff_max=self.backoff_max,
             commit_to_kafka=self.commit_to_kafka,
-            gc_interval=self.gc_interval,
+            runtime=self.runtime,
         )
 
 
