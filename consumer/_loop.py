@@ -61,6 +61,9 @@ PG_DOWN: tuple[type[Exception], ...] = (
 # The error that means "the cluster is unreachable right now". Per-connection
 # errors (_TRANSPORT, _RESOLVE) are not: with several brokers one may be down
 # while the others serve, and librdkafka delivers them late, after a recovery.
+# Even this one can arrive late: queued before a recovery, delivered after the
+# probe that saw it (librdkafka stamps no time on errors). So it is only a
+# suspicion until a metadata probe fails too (see _confirm_kafka_down).
 _KAFKA_DOWN = {KafkaError._ALL_BROKERS_DOWN}
 _PROBE_EVERY = 2.0  # seconds between metadata probes while Kafka is down
 
@@ -119,6 +122,7 @@ class ProjectorLoop:
         self.pg = Outage(name="PostgreSQL", log=log)
         self.kafka = Outage(name="Kafka", log=log)
         self._last_probe = 0.0
+        self._kafka_suspect: str | None = None  # an all-brokers-down not yet confirmed
         self._resync_after = 0.0  # a partition that could not be sought waits until then
         self.stats = ProjectorStats()
         self._executor: ThreadPoolExecutor | None = None
@@ -173,7 +177,7 @@ class ProjectorLoop:
             # Raised from inside consume(); ends the loop with BrokerUnavailable.
             raise KafkaException(error)
         if error.code() in _KAFKA_DOWN:
-            self.kafka.failed(error.str())
+            self._suspect_kafka_down(error.str())
         else:
             log.debug("Kafka: %s", error.str())
 
@@ -211,6 +215,8 @@ class ProjectorLoop:
                 self._drain()
                 if not self._recover(stop):
                     continue
+            if self._kafka_suspect is not None:
+                self._confirm_kafka_down()
             if self.kafka.down:
                 self._probe_kafka()
             messages = self._accept(self._consumer.consume(self._options.batch_max, 0))
@@ -312,7 +318,7 @@ class ProjectorLoop:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         if error.code() in _KAFKA_DOWN:
-            self.kafka.failed(error.str())
+            self._suspect_kafka_down(error.str())
         else:
             log.warning("Kafka: %s", error.str())
 
@@ -418,6 +424,23 @@ class ProjectorLoop:
             for message in self._consumer.consume(self._options.batch_max, min(remaining, 0.2)):
                 if message.error() is not None:
                     self._message_error(message.error())  # type: ignore[arg-type]
+
+    def _suspect_kafka_down(self, reason: str) -> None:
+        if not self.kafka.down:
+            self._kafka_suspect = reason
+
+    def _confirm_kafka_down(self) -> None:
+        """A metadata probe decides whether an all-brokers-down error is news or stale."""
+        reason, self._kafka_suspect = self._kafka_suspect, None
+        if reason is None or self.kafka.down:
+            return
+        try:
+            self._consumer.list_topics(self._topic, timeout=1.0)
+        except KafkaException:
+            self.kafka.failed(reason)
+            self._last_probe = time.monotonic()
+            return
+        log.debug("Kafka: %s (stale: the cluster answers)", reason)
 
     def _probe_kafka(self) -> None:
         """While Kafka is down, ask it for metadata now and then: an answer ends the outage.

@@ -134,15 +134,10 @@ def test_broker_restart_mid_run_loses_and_doubles_nothing(
     finally:
         proc.ensure_stopped()
     log = proc.log()
-    # One line per state change. librdkafka may deliver an all-brokers-down
-    # error queued before the recovery right after it, so one outage can read
-    # as down/up/down/up (seen in CI); what holds is that the outage was
-    # announced, every "unavailable" has its "available again", and the last
-    # word is the recovery.
+    # One line per state change: an all-brokers-down error delivered after the
+    # recovery it predates is checked against the cluster and not reported.
     changes = re.findall(r"Kafka (unavailable|available again)", log)
-    assert changes and changes[0] == "unavailable", log
-    assert changes == ["unavailable", "available again"] * (len(changes) // 2), log
-    assert len(changes) <= 4, log
+    assert changes == ["unavailable", "available again"], log
     assert "Traceback" not in log
 
     reference = f"{pg_schema}_ref"

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from factflow_lineage.consumer import _loop
 from factflow_lineage.consumer._decoder import DecodedBatch
@@ -180,8 +180,11 @@ class FakeConsumer:
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.commits.append({tp.partition: tp.offset for tp in offsets})
 
+    reachable = True  # what a metadata request finds
+
     def list_topics(self, topic: str, timeout: float) -> None:
-        return None
+        if not self.reachable:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
 
 
 @pytest.fixture
@@ -379,3 +382,46 @@ def test_the_next_batch_is_decoded_while_the_previous_one_writes(db: Database) -
     loop.run(consumer.stop)
     assert sorted(writer.applied) == [(0, o) for o in range(40)]
     assert any(overlaps), "decoding never overlapped a write"
+
+
+def _kafka_changes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage().split(" (")[0]
+        for r in caplog.records
+        if r.getMessage().startswith("Kafka") and r.levelno >= logging.WARNING
+    ]
+
+
+def test_a_stale_all_brokers_down_is_not_an_outage(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Delivered after the recovery it predates: the cluster answers, nothing is logged.
+    loop, _, _ = make_loop(db, {0: 1})
+    caplog.set_level(logging.DEBUG, logger="factflow_lineage.consumer")
+    loop.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    loop._confirm_kafka_down()
+    assert not loop.kafka.down
+    assert _kafka_changes(caplog) == []
+
+
+def test_a_confirmed_outage_is_logged_once_down_and_once_up(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop, consumer, _ = make_loop(db, {0: 1})
+    caplog.set_level(logging.INFO, logger="factflow_lineage.consumer")
+    consumer.reachable = False
+    for _ in range(3):
+        loop.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+        loop._confirm_kafka_down()
+    assert loop.kafka.down
+    consumer.reachable = True
+    loop._last_probe = 0.0
+    loop._probe_kafka()
+    # A stale error from the outage, delivered after the recovery: ignored.
+    loop.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    loop._confirm_kafka_down()
+    assert not loop.kafka.down
+    assert _kafka_changes(caplog) == [
+        "Kafka unavailable",
+        "Kafka available again after 0.0s, resuming",
+    ]
