@@ -126,16 +126,14 @@ class Projection:
                 _, pending = _one(cur.execute(st.propagate[levels % 2]))
                 levels += 1
 
+            written = cur.execute(st.write_rows).rowcount
             empty_stats: list[tuple[UUID, str, str]] = []
             empty_executions: list[UUID] = []
-            written = 0
             for kind, ident, route, adapter in cur.execute(st.write).fetchall():
                 if kind == "stats":
                     empty_stats.append((ident, route, adapter))
-                elif kind == "execution":
-                    empty_executions.append(ident)
                 else:
-                    written = int(adapter)
+                    empty_executions.append(ident)
             if empty_stats:
                 cur.execute(
                     st.delete_stats, [list(column) for column in zip(*empty_stats, strict=True)]

@@ -436,16 +436,22 @@ _COUNTED_CHANGE = f"""NOT (
 # never made it, so it goes (unknown rows count nowhere, nothing else changes).
 _ORPHAN = "(w.start_event_id IS NULL AND w.terminal_event_id IS NULL AND w.children_registered = 0)"
 
+# Every changed row into lineage in one pass over the working set: a new row is
+# inserted, a stored one rewritten in place (found by its physical address), an
+# orphaned placeholder deleted. Its row count is the rows written.
+WRITE_ROWS = f"""
+MERGE INTO {{lineage}} t
+USING pg_temp.{WORK} w ON t.ctid = w.tid
+WHEN MATCHED AND {_ORPHAN} THEN DELETE
+WHEN MATCHED THEN
+    UPDATE SET ({", ".join(_COLS)}) = ({", ".join(f"w.{c}" for c in _COLS)})
+WHEN NOT MATCHED AND NOT {_ORPHAN} THEN
+    INSERT (id, {", ".join(_COLS)}) VALUES (w.id, {", ".join(f"w.{c}" for c in _COLS)})
+"""
+
+# The stats and execution counts, from the working set's old and new states.
 WRITE = f"""
-WITH ins AS (
-    INSERT INTO {{lineage}} (id, {", ".join(_COLS)})
-    SELECT id, {", ".join(_COLS)} FROM pg_temp.{WORK} w WHERE tid IS NULL AND NOT {_ORPHAN}
-), upd AS (
-    UPDATE {{lineage}} t SET ({", ".join(_COLS)}) = ({", ".join(f"w.{c}" for c in _COLS)})
-    FROM pg_temp.{WORK} w WHERE t.ctid = w.tid AND NOT {_ORPHAN}
-), del AS (
-    DELETE FROM {{lineage}} t USING pg_temp.{WORK} w WHERE t.ctid = w.tid AND {_ORPHAN}
-), g AS (
+WITH g AS (
     -- Each row's transition as signed contributions, summed per (execution,
     -- route, adapter): its old state taken away, its new state added (only
     -- known rows count). Rows whose counted state is unchanged (most parents
@@ -501,8 +507,6 @@ SELECT 'stats', execution_id, route_id, adapter_name FROM su WHERE count = 0
 UNION ALL
 SELECT 'execution', id, NULL, NULL FROM xu
 WHERE start_event_id IS NULL AND finish_event_id IS NULL AND total = 0
-UNION ALL
-SELECT 'rows', NULL, NULL, count(*)::text FROM pg_temp.{WORK}
 """
 
 # Rows left empty by a row that moved (a start event that won later named
@@ -525,6 +529,7 @@ class Statements:
 
     merge: bytes
     propagate: tuple[bytes, bytes]
+    write_rows: bytes
     write: bytes
     delete_stats: bytes
     delete_executions: bytes
@@ -543,6 +548,7 @@ class Statements:
         return cls(
             merge=render(MERGE),
             propagate=(render(PROPAGATE[0]), render(PROPAGATE[1])),
+            write_rows=render(WRITE_ROWS),
             write=render(WRITE),
             delete_stats=render(DELETE_STATS),
             delete_executions=render(DELETE_EXECUTIONS),
