@@ -142,7 +142,7 @@ class BatchWriter:
         expected: Mapping[int, int | None],
     ) -> WriteResult:
         """Decode and project ``messages``; see ``write_decoded``."""
-        return self._write(conn, messages, self.decode(messages), expected)
+        return self.write_decoded(conn, messages, self.decode(messages), expected)
 
     def write_decoded(
         self,
@@ -157,15 +157,6 @@ class BatchWriter:
         partition, at or after its expected offset. psycopg's OperationalError
         (the database went away) propagates; everything else is handled here.
         """
-        return self._write(conn, messages, batch, expected)
-
-    def _write(
-        self,
-        conn: psycopg.Connection[Any],
-        messages: Sequence[KafkaMessage],
-        batch: DecodedBatch,
-        expected: Mapping[int, int | None],
-    ) -> WriteResult:
         try:
             return self._transaction(conn, batch, expected)
         except REJECTED as e:
@@ -231,7 +222,7 @@ class BatchWriter:
         result = WriteResult()
         positions = dict(expected)
         for half in (ordered[:middle], ordered[middle:]):
-            part = self._write(conn, half, self.decode(half), positions)
+            part = self.write(conn, half, positions)
             result.merge(part)
             if part.conflicts:
                 # The rest would conflict too; the caller re-reads from the stored offsets.

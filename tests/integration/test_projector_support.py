@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from factflow_lineage.config import KafkaSettings, PostgresSettings, Settings
-from factflow_lineage.consumer import Projector, ProjectorConfig, table_checksums
+from factflow_lineage.consumer import Projector, ProjectorConfig, load_offsets, table_checksums
 from factflow_lineage.db import connect
 from factflow_lineage.migrations import apply_migrations, projection_migrations
 from factflow_lineage.schemas import encode
@@ -144,16 +144,9 @@ def stored_total(dsn: str, schema: str, topic: str) -> int:
     """Sum of the stored next offsets: messages projected (offsets have no gaps here)."""
     with connect(dsn, autocommit=True) as conn:
         try:
-            row = conn.execute(
-                sql.SQL("SELECT coalesce(sum(next_offset), 0) FROM {} WHERE topic = %s").format(
-                    sql.Identifier(schema, "consumer_offsets")
-                ),
-                (topic,),
-            ).fetchone()
+            return sum(load_offsets(conn, schema, topic).values())
         except psycopg.errors.UndefinedTable:
-            return 0
-    assert row is not None
-    return int(row[0])
+            return 0  # the projector has not migrated its schema yet
 
 
 def wait_projected(
