@@ -8,7 +8,6 @@ found; it becomes a dead letter, the rest is applied, the offsets stay exact.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -22,30 +21,9 @@ from factflow_lineage.consumer._projection import Projection
 from factflow_lineage.consumer._writer import BatchWriter
 from factflow_lineage.db import connect
 from factflow_lineage.schemas import encode
+from support.messages import FakeMessage as Msg
 
 TOPIC = "lineage"
-
-
-@dataclass
-class Msg:
-    p: int
-    o: int
-    v: bytes | None
-
-    def topic(self) -> str:
-        return TOPIC
-
-    def partition(self) -> int:
-        return self.p
-
-    def offset(self) -> int:
-        return self.o
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes | None:
-        return self.v
 
 
 class Refusing:

@@ -4,37 +4,12 @@ from __future__ import annotations
 
 import struct
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from factflow_lineage.consumer._decoder import DeadLetter, decode_messages, default_decode
 from factflow_lineage.consumer._offsets import OffsetMove, offsets_after
 from factflow_lineage.schemas import encode
-
-
-@dataclass
-class Msg:
-    """A consumed message, as much of it as the decoder reads."""
-
-    p: int
-    o: int
-    v: bytes | None
-    k: bytes | None = b"key"
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return self.p
-
-    def offset(self) -> int:
-        return self.o
-
-    def key(self) -> bytes | None:
-        return self.k
-
-    def value(self) -> bytes | None:
-        return self.v
+from support.messages import FakeMessage as Msg
 
 
 def event(seq: int) -> dict[str, Any]:

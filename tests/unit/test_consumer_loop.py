@@ -22,33 +22,9 @@ from factflow_lineage.consumer import _loop
 from factflow_lineage.consumer._decoder import DecodedBatch
 from factflow_lineage.consumer._loop import LoopOptions, ProjectorLoop
 from factflow_lineage.consumer._writer import WriteResult
+from support.messages import FakeMessage as Msg
 
 TOPIC = "lineage"
-
-
-@dataclass
-class Msg:
-    p: int
-    o: int
-    t: str = TOPIC
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self.t
-
-    def partition(self) -> int:
-        return self.p
-
-    def offset(self) -> int:
-        return self.o
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return f"{self.p}:{self.o}".encode()
 
 
 @dataclass
