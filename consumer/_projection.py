@@ -1,12 +1,14 @@
 """The projection writer: one consumed batch of events into the lineage tables.
 
 ``Projection.apply`` plans the batch in memory (``_planner``: one staged row
-per id), copies the staged rows into temporary tables with binary COPY, and
-runs the set-based statements of ``_sql``: the merge into a working set, one
-propagation statement per level of the chains whose counters change, and one
-write of every changed row with the stats and execution counts. No statement
-is issued per row: the round trips depend on the depth of the chains, not on
-the size of the batch.
+per id), reads the stored state of those rows in one statement, folds the
+batch into them in memory (``_fold``: winning events, pending-children
+propagation up the chains, the counts' differences), and writes the result
+with the set-based statements of ``_sql``: new rows by binary COPY straight
+into ``lineage``, changed rows staged by COPY and rewritten in place, then the
+stats and execution counts. No statement is issued per row: the round trips
+depend on the depth of the chains the batch reaches beyond itself (usually
+none), not on the size of the batch.
 """
 
 from __future__ import annotations
@@ -14,28 +16,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import psycopg
+from psycopg.errors import SerializationFailure
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
 
 from factflow_lineage.errors import LineageError
 
 from . import _sql
-from ._planner import EXECUTION_STAGE, LINEAGE_STAGE, Plan, RejectedEvent, plan
+from ._fold import Fold, ParentCycleError, Row, Stored, fold
+from ._planner import EXECUTION_STAGE, Plan, RejectedEvent, plan
+
+__all__ = ["ApplyStats", "ParentCycleError", "Projection"]
 
 # Far beyond any real pipeline (tens of stages): only a cycle in the parent
 # links (corrupt producer data) could make propagation climb this high.
 MAX_LEVELS = 1_000
-
-
-class ParentCycleError(LineageError, ValueError):
-    """The batch closes a cycle of parent links, which no counter could settle.
-
-    A ValueError too: the consumer treats it like an invalid value, narrowing
-    the batch down to the event that closes the cycle and dead-lettering it.
-    """
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,46 +107,138 @@ class Projection:
             )
         st = self._statements
         with conn.cursor() as cur:
+            # By type oid, bytea would get the dumper of psycopg's DB-API Binary
+            # wrapper (pure Python); raw bytes are what the planner stages.
+            cur.adapters.register_dumper(bytes, BytesBinaryDumper)
+            cur.adapters.register_dumper(_sql.UuidArray, _sql.UuidArrayDumper)
             cur.execute(_sql.SETUP)
             saved = _one(cur.execute(_sql.SETTINGS_OFF))[: len(_sql.SETTINGS)]
-            _copy(cur, _sql.COPY_LINEAGE, LINEAGE_STAGE, batch.lineage)
+
+            def lookup(ids: list[bytes]) -> list[Stored]:
+                return cur.execute(st.lookup, (_sql.uuid_array(ids),), binary=True).fetchall()
+
+            ids = [r[0] for r in batch.lineage]
+            stored = {r[0]: r for r in lookup(ids)} if ids else {}
+            folded = fold(batch.lineage, stored, lookup, max_levels=MAX_LEVELS)
+            self._write_rows(cur, folded)
             _copy(cur, _sql.COPY_EXECUTIONS, EXECUTION_STAGE, batch.executions)
-
-            _, pending = _one(cur.execute(st.merge))
-            levels = 0
-            while pending > 0:
-                if levels >= MAX_LEVELS:
-                    raise ParentCycleError(
-                        f"pending-children propagation did not finish after {MAX_LEVELS} "
-                        "levels: the parent links of the batch's rows form a cycle"
-                    )
-                _, pending = _one(cur.execute(st.propagate[levels % 2]))
-                levels += 1
-
-            written = cur.execute(st.write_rows).rowcount
-            empty_stats: list[tuple[UUID, str, str]] = []
-            empty_executions: list[UUID] = []
-            for kind, ident, route, adapter in cur.execute(st.write).fetchall():
-                if kind == "stats":
-                    empty_stats.append((ident, route, adapter))
-                else:
-                    empty_executions.append(ident)
-            if empty_stats:
-                cur.execute(
-                    st.delete_stats, [list(column) for column in zip(*empty_stats, strict=True)]
-                )
+            if folded.stats or folded.executions or batch.executions:
+                self._write_counts(cur, folded)
             cur.execute(_sql.SETTINGS_RESTORE, saved)
-            if empty_executions:
-                cur.execute(st.delete_executions, (empty_executions,))
         return ApplyStats(
             events=batch.events,
             lineage_rows=len(batch.lineage),
             executions=len(batch.executions),
-            rows_touched=written,
-            levels=levels,
+            rows_touched=len(folded.inserts) + len(folded.updates) + len(folded.deletes),
+            levels=folded.levels,
             ignored=batch.ignored,
             rejected=batch.rejected,
         )
+
+    def _write_rows(self, cur: psycopg.Cursor[Any], folded: Fold) -> None:
+        st = self._statements
+        if folded.inserts:
+            _copy(cur, st.copy_insert, _sql.INSERT, [_inserted(r) for r in folded.inserts])
+        if folded.updates:
+            rewrites = [_rewritten(r) for r in folded.updates]
+            _copy(cur, _sql.COPY_REWRITE, _sql.REWRITE_STAGE, rewrites)
+            _expect(cur.execute(st.rewrite).rowcount, len(folded.updates), "rewritten")
+        if folded.deletes:
+            ids = _sql.uuid_array([r.id for r in folded.deletes])
+            _expect(cur.execute(st.delete, (ids,)).rowcount, len(folded.deletes), "deleted")
+
+    def _write_counts(self, cur: psycopg.Cursor[Any], folded: Fold) -> None:
+        st = self._statements
+        stats = [(key, v) for key, v in folded.stats.items() if any(v)]
+        executions = [(key, v) for key, v in folded.executions.items() if any(v)]
+        params: dict[str, Any] = {
+            "stats_execution": _sql.uuid_array([key[0] for key, _ in stats]),
+            "stats_route": [key[1] for key, _ in stats],
+            "stats_adapter": [key[2] for key, _ in stats],
+            "x_execution": _sql.uuid_array([key for key, _ in executions]),
+        }
+        for i, name in enumerate(_sql.STATS_COLUMNS):
+            params[f"stats_{name}"] = [v[i] for _, v in stats]
+        for i, name in enumerate(_sql.EXECUTION_COUNTS):
+            params[f"x_{name}"] = [v[i] for _, v in executions]
+        empty_stats: list[tuple[Any, str, str]] = []
+        empty_executions: list[Any] = []
+        for kind, ident, route, adapter in cur.execute(st.write_counts, params).fetchall():
+            if kind == "stats":
+                empty_stats.append((ident, route, adapter))
+            else:
+                empty_executions.append(ident)
+        if empty_stats:
+            cur.execute(
+                st.delete_stats, [list(column) for column in zip(*empty_stats, strict=True)]
+            )
+        if empty_executions:
+            cur.execute(st.delete_executions, (empty_executions,))
+
+
+def _expect(done: int, wanted: int, what: str) -> None:
+    # Fewer rows than read a moment ago in this transaction: another transaction
+    # changed them (events of one row projected from two partitions at once).
+    # Retrying the batch reads them again.
+    if done != wanted:
+        raise SerializationFailure(
+            f"{wanted - done} of {wanted} lineage rows to be {what} were changed concurrently"
+        )
+
+
+# A placeholder's columns between its id and its counters (see _sql.INSERT).
+_PLACEHOLDER = (None,) * 12 + ("pending",) + (None,) * 5
+_NO_START_WIDE = (None,) * len(_sql.START_WIDE)
+_NO_TERMINAL_WIDE = (None,) * len(_sql.TERMINAL_WIDE)
+
+
+def _inserted(row: Row) -> tuple[Any, ...]:
+    """A new row in _sql.INSERT order, from its staged row (the planner's order)."""
+    tail = (
+        row.registered,
+        row.settled_children,
+        row.descendants_failed,
+        row.contrib_parent,
+        row.contrib_settled,
+        row.contrib_failed,
+    )
+    s = row.staged
+    if s is None:
+        return (row.id, *_PLACEHOLDER, *tail)
+    # Staged: id, start fields, terminal event, status, rank, its execution, ...:
+    # the execution is the row's own (a placeholder's comes from its terminal
+    # event), the rank and the terminal event's execution are not columns.
+    return (*s[:2], row.execution_id, *s[3:13], row.status, *s[16:], *tail)
+
+
+def _rewritten(row: Row) -> tuple[Any, ...]:
+    """A changed stored row in _sql.REWRITE_STAGE order."""
+    s: tuple[Any, ...] = row.staged or ()  # none when only its counters changed
+    start_wide = (s[3], s[7], s[8], s[9], s[10]) if row.start_won else _NO_START_WIDE
+    terminal_wide = (s[16], s[17], s[18]) if row.terminal_won else _NO_TERMINAL_WIDE
+    return (
+        row.tid,
+        row.start_won,
+        row.terminal_won,
+        row.start_event_id,
+        row.started_at,
+        row.execution_id,
+        row.parent_id,
+        row.route_id,
+        row.adapter_name,
+        *start_wide,
+        row.terminal_event_id,
+        row.status,
+        row.completed_at,
+        row.children_expected,
+        *terminal_wide,
+        row.registered,
+        row.settled_children,
+        row.descendants_failed,
+        row.contrib_parent,
+        row.contrib_settled,
+        row.contrib_failed,
+    )
 
 
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -160,15 +249,12 @@ def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
 
 def _copy(
     cur: psycopg.Cursor[Any],
-    statement: str,
+    statement: str | bytes,
     columns: tuple[tuple[str, str], ...],
     rows: list[tuple[Any, ...]],
 ) -> None:
     if not rows:
         return
-    # By type oid, bytea would get the dumper of psycopg's DB-API Binary
-    # wrapper (pure Python); raw bytes are what the planner stages.
-    cur.adapters.register_dumper(bytes, BytesBinaryDumper)
     with cur.copy(statement) as copy:
         copy.set_types(_sql.wire_types(columns))
         for row in rows:

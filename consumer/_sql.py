@@ -1,54 +1,52 @@
-"""The projection's set-based SQL: staging, merge, propagation, write, counts.
+"""The projection's SQL: find the stored rows, store the new ones, add up the counts.
 
-A batch is written in a handful of statements whatever its size:
+A batch is written in a handful of statements whatever its size (the merge
+and the propagation happen in Python, see ``_fold``):
 
-1. ``SETUP``: temporary tables (created once per session, emptied per batch);
-   the planner's rows arrive in the staging tables by binary COPY.
-2. ``MERGE``: each staged row is merged with its stored version (the winning
-   start and terminal events decide the fields) into the *working set*, a
-   temporary table holding the new state of every row the batch changes
-   beside its old state. What each row adds to its parent's counters, minus
-   what it added before, goes to a delta table.
-3. ``PROPAGATE``, once per level while deltas are left: the parents named by
-   the deltas take them, in the working set (a parent not in it yet is read
-   from lineage with its delta applied; one that does not exist becomes a
-   placeholder); a parent whose settled state or failed count changes passes
-   its own delta one level up.
-4. ``WRITE``: every changed row is written to ``lineage`` exactly once (a
-   plain INSERT for new rows, an UPDATE by physical address for the others);
-   ``lineage_stats`` and ``executions`` take the difference between each row's
-   old and new state, and the batch's execution events.
+1. ``LOOKUP``: the stored state of the batch's rows, by primary key, in one
+   statement (and once per propagation level for parents the batch does not
+   name, usually none).
+2. ``COPY_INSERT``: the rows the batch creates, by binary COPY straight into
+   ``lineage``.
+3. ``COPY_REWRITE`` + ``REWRITE``: the stored rows the batch changes, staged by
+   binary COPY and rewritten in place, each found by its physical address.
+   A row keeps its stored wide fields (metadata, error, ...) unless the
+   batch's event for them won.
+4. ``DELETE``: placeholders no child names any more.
+5. ``WRITE_COUNTS``: ``lineage_stats`` and ``executions`` take the signed
+   differences of the batch's rows, and the batch's execution events.
 
-Propagating in the working set rather than in ``lineage`` keeps each row at
-one new version per batch (instead of one per level), so updates stay HOT
-and the indexes are touched only when an indexed column really changes.
-
-Statements 2-4 compute new row values from what they read, so one lineage row
-must not be written by two transactions at once: the consumer serialises per
-partition, and a chain's rows share one (the Kafka key is the root id).
-``lineage_stats`` and ``executions`` are shared by partitions: they are only
-added to (``x = x + delta``), in key order, so concurrent batches neither lose
-updates nor deadlock.
+One lineage row must not be written by two transactions at once (each
+computes new rows from what it read): the consumer serialises per partition,
+and a chain's rows share one (the Kafka key is the root id). A rewrite that
+finds its row gone or moved (a writer breaking that contract) fails the batch
+as a serialization failure, to be retried. ``lineage_stats`` and
+``executions`` are shared by partitions: they are only added to
+(``x = x + delta``), in key order, so concurrent batches neither lose updates
+nor deadlock.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
-from ._planner import EXECUTION_STAGE, LINEAGE_STAGE
+from ._fold import STORED_COLUMNS
+from ._planner import EXECUTION_STAGE
 
-STAGE_LINEAGE = "factflow_stage_lineage"
+STAGE_REWRITE = "factflow_stage_rewrite"
 STAGE_EXECUTIONS = "factflow_stage_executions"
-WORK = "factflow_work"
-DELTAS = ("factflow_delta_0", "factflow_delta_1")
 
 # How each staged column travels in the binary COPY: binary COPY carries no
 # type oids, the server reads each field in the format of its column's type, so
 # the planner stages values already in that format and psycopg writes them with
 # its fast C dumpers for bytes, integers and text (see _planner.LINEAGE_STAGE).
-WIRE_TYPE = {"uuid": "bytea", "timestamptz": "int8", "jsonb": "text"}
+WIRE_TYPE = {"uuid": "bytea", "timestamptz": "int8", "jsonb": "text", "tid": "bytea"}
 
 
 def wire_types(stage: tuple[tuple[str, str], ...]) -> list[str]:
@@ -60,58 +58,148 @@ def _staged(stage: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"{name} {kind}" for name, kind in stage)
 
 
-# The lineage table's own columns (its generated ones are computed by it).
-ROW_COLUMNS = (
+class UuidArray(bytes):
+    """A uuid[] value, already in PostgreSQL's binary array format (see ``uuid_array``)."""
+
+
+class UuidArrayDumper(Dumper):
+    """Sends a ``UuidArray`` as it is: no Python object per element."""
+
+    format = Format.BINARY
+    oid = 2951  # uuid[]
+
+    def dump(self, obj: UuidArray) -> Buffer:
+        return obj
+
+
+_ARRAY_HEADER = struct.Struct("!iiIii")
+_UUID_OID = 2950
+_ELEMENT_LENGTH = struct.pack("!i", 16)
+
+
+def uuid_array(ids: list[bytes]) -> UuidArray:
+    """``ids`` (16 raw bytes each) as a one-dimensional uuid[] without NULLs."""
+    if not ids:
+        return UuidArray(_ARRAY_HEADER.pack(0, 0, _UUID_OID, 0, 0)[:12])
+    header = _ARRAY_HEADER.pack(1, 0, _UUID_OID, len(ids), 1)
+    return UuidArray(header + _ELEMENT_LENGTH + _ELEMENT_LENGTH.join(ids))
+
+
+# A row's stored state, as _fold.Row reads it: uuids as their 16 bytes, times as
+# microseconds since 2000-01-01 (what the planner stages), its physical address.
+_MICROS = "(extract(epoch FROM x.{0}) * 1000000)::int8 - 946684800000000"
+_STORED_EXPR = {
+    "id": "uuid_send(x.id)",
+    "tid": "tidsend(x.ctid)",
+    "start_event_id": "uuid_send(x.start_event_id)",
+    "started_at": _MICROS.format("started_at"),
+    "execution_id": "uuid_send(x.execution_id)",
+    "parent_id": "uuid_send(x.parent_id)",
+    "terminal_event_id": "uuid_send(x.terminal_event_id)",
+    "completed_at": _MICROS.format("completed_at"),
+    "contrib_parent": "uuid_send(x.contrib_parent)",
+}
+LOOKUP = (
+    "SELECT "
+    + ", ".join(_STORED_EXPR.get(c, f"x.{c}") for c in STORED_COLUMNS)
+    + " FROM {lineage} x WHERE x.id = ANY(%s)"
+)
+
+# New rows, in the order _projection builds them (the planner's staged order,
+# with the counters and the contribution to the parent at the end).
+INSERT: tuple[tuple[str, str], ...] = (
+    ("id", "uuid"),
+    ("start_event_id", "uuid"),
     ("execution_id", "uuid"),
     ("root_id", "uuid"),
     ("parent_id", "uuid"),
     ("route_id", "text"),
     ("adapter_name", "text"),
-    ("status", "text NOT NULL DEFAULT 'pending'"),
     ("input_hash", "text"),
-    ("output_hash", "text"),
-    ("error", "jsonb"),
-    ("cancel_reason", "text"),
-    ("started_at", "timestamptz"),
-    ("completed_at", "timestamptz"),
     ("batch_id", "uuid"),
     ("input_key", "text"),
     ("metadata", "jsonb"),
-    ("children_expected", "integer"),
-    ("children_registered", "integer NOT NULL DEFAULT 0"),
-    ("children_settled", "integer NOT NULL DEFAULT 0"),
-    ("descendants_failed", "integer NOT NULL DEFAULT 0"),
-    ("start_event_id", "uuid"),
+    ("started_at", "timestamptz"),
     ("terminal_event_id", "uuid"),
+    ("status", "text"),
+    ("output_hash", "text"),
+    ("error", "jsonb"),
+    ("cancel_reason", "text"),
+    ("completed_at", "timestamptz"),
+    ("children_expected", "int4"),
+    ("children_registered", "int4"),
+    ("children_settled", "int4"),
+    ("descendants_failed", "int4"),
     ("contrib_parent", "uuid"),
-    ("contrib_settled", "boolean NOT NULL DEFAULT false"),
-    ("contrib_failed", "integer NOT NULL DEFAULT 0"),
+    ("contrib_settled", "bool"),
+    ("contrib_failed", "int4"),
 )
-_COLS = tuple(name for name, _ in ROW_COLUMNS)
-# The old state of a row: what the stats and execution counts held for it.
-_OLD = (
-    ("tid", "tid"),  # its physical address in lineage; NULL for a new row
-    ("o_known", "boolean NOT NULL DEFAULT false"),
-    ("o_execution_id", "uuid"),
-    ("o_route_id", "text"),
-    ("o_adapter_name", "text"),
-    ("o_status", "text NOT NULL DEFAULT 'pending'"),
-    ("o_settled", "boolean NOT NULL DEFAULT false"),
-    # What it added to its parent's counters before the batch (for the merge).
-    ("o_contrib_parent", "uuid"),
-    ("o_contrib_settled", "boolean NOT NULL DEFAULT false"),
-    ("o_contrib_failed", "integer NOT NULL DEFAULT 0"),
+COPY_INSERT = "COPY {lineage} (" + ", ".join(n for n, _ in INSERT) + ") FROM STDIN (FORMAT BINARY)"
+
+# Fields a stored row keeps unless the batch's start (terminal) event for it won.
+START_WIDE = ("root_id", "input_hash", "batch_id", "input_key", "metadata")
+TERMINAL_WIDE = ("output_hash", "error", "cancel_reason")
+_TYPES = dict(INSERT)
+# Rewritten rows: where, which events won, then every column's new value.
+REWRITE_STAGE: tuple[tuple[str, str], ...] = (
+    ("tid", "tid"),
+    ("start_won", "bool"),
+    ("terminal_won", "bool"),
+    *(
+        (name, _TYPES[name])
+        for name in (
+            "start_event_id",
+            "started_at",
+            "execution_id",
+            "parent_id",
+            "route_id",
+            "adapter_name",
+            *START_WIDE,
+            "terminal_event_id",
+            "status",
+            "completed_at",
+            "children_expected",
+            *TERMINAL_WIDE,
+            "children_registered",
+            "children_settled",
+            "descendants_failed",
+            "contrib_parent",
+            "contrib_settled",
+            "contrib_failed",
+        )
+    ),
+)
+COPY_REWRITE = (
+    f"COPY pg_temp.{STAGE_REWRITE} ({', '.join(n for n, _ in REWRITE_STAGE)})"
+    " FROM STDIN (FORMAT BINARY)"
 )
 
-# The working set of a 20,000-event batch is tens of megabytes; with the
-# default 8 MB of temp_buffers it would go through the kernel. The setting can
-# only change before the session's first temporary table: so on the first batch.
-TEMP_BUFFERS = "256MB"
+
+def _assignment(name: str) -> str:
+    if name in START_WIDE:
+        return f"{name} = CASE WHEN s.start_won THEN s.{name} ELSE t.{name} END"
+    if name in TERMINAL_WIDE:
+        return f"{name} = CASE WHEN s.terminal_won THEN s.{name} ELSE t.{name} END"
+    return f"{name} = s.{name}"
+
+
+REWRITE = (
+    "UPDATE {lineage} t SET "
+    + ", ".join(_assignment(n) for n, _ in REWRITE_STAGE[3:])
+    + f" FROM pg_temp.{STAGE_REWRITE} s WHERE t.ctid = s.tid"
+)
+
+DELETE = "DELETE FROM {lineage} WHERE id = ANY(%s)"
+
+# The rewrite stage of a 50,000-event batch is megabytes; with the default 8 MB
+# of temp_buffers it could go through the kernel. The setting can only change
+# before the session's first temporary table: so on the first batch.
+TEMP_BUFFERS = "64MB"
 
 SETUP = f"""
 DO $$
 BEGIN
-    IF to_regclass('pg_temp.{WORK}') IS NULL THEN
+    IF to_regclass('pg_temp.{STAGE_REWRITE}') IS NULL THEN
         BEGIN
             PERFORM set_config('temp_buffers', '{TEMP_BUFFERS}', false);
         EXCEPTION WHEN invalid_parameter_value THEN
@@ -120,21 +208,11 @@ BEGIN
     END IF;
 END
 $$;
-CREATE TEMP TABLE IF NOT EXISTS {STAGE_LINEAGE} ({_staged(LINEAGE_STAGE)});
+CREATE TEMP TABLE IF NOT EXISTS {STAGE_REWRITE} ({_staged(REWRITE_STAGE)});
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_EXECUTIONS} ({_staged(EXECUTION_STAGE)});
-CREATE TEMP TABLE IF NOT EXISTS {WORK} (
-    id uuid PRIMARY KEY,
-    {", ".join(f"{n} {t}" for n, t in (*_OLD, *ROW_COLUMNS))}
-) WITH (fillfactor = 50);
-CREATE TEMP TABLE IF NOT EXISTS {DELTAS[0]} (id uuid NOT NULL, dr int, ds int, df int);
-CREATE TEMP TABLE IF NOT EXISTS {DELTAS[1]} (id uuid NOT NULL, dr int, ds int, df int);
-TRUNCATE {STAGE_LINEAGE}, {STAGE_EXECUTIONS}, {WORK}, {DELTAS[0]}, {DELTAS[1]};
+TRUNCATE {STAGE_REWRITE}, {STAGE_EXECUTIONS};
 """
 
-COPY_LINEAGE = (
-    f"COPY pg_temp.{STAGE_LINEAGE} ({', '.join(n for n, _ in LINEAGE_STAGE)})"
-    " FROM STDIN (FORMAT BINARY)"
-)
 COPY_EXECUTIONS = (
     f"COPY pg_temp.{STAGE_EXECUTIONS} ({', '.join(n for n, _ in EXECUTION_STAGE)})"
     " FROM STDIN (FORMAT BINARY)"
@@ -143,12 +221,11 @@ COPY_EXECUTIONS = (
 # The temporary tables are never analysed, so the planner's idea of their size
 # is a guess; left to itself it may hash all of lineage to join a few hundred
 # rows. Hash and merge joins are off while a batch is written: every access to
-# lineage is then a primary-key probe or a fetch by physical address, every
-# join with a temporary table a probe of its primary key. JIT is off too: the
-# cost a disabled join adds to an estimate would have every statement compiled
-# (a second of LLVM for a few milliseconds of work). work_mem holds a batch's
-# intermediate results in memory. All local to the caller's transaction, and
-# put back at the end of the batch.
+# lineage is then a primary-key probe or a fetch by physical address. JIT is
+# off too: the cost a disabled join adds to an estimate would have every
+# statement compiled (a second of LLVM for a few milliseconds of work).
+# work_mem holds a batch's intermediate results in memory. All local to the
+# caller's transaction, and put back at the end of the batch.
 SETTINGS = {"jit": "off", "enable_hashjoin": "off", "enable_mergejoin": "off", "work_mem": "64MB"}
 SETTINGS_OFF = (
     "SELECT "
@@ -159,239 +236,17 @@ SETTINGS_OFF = (
 SETTINGS_RESTORE = "SELECT " + ", ".join(f"set_config('{name}', %s, true)" for name in SETTINGS)
 
 
-def _lookup(outer: str) -> str:
-    # One primary-key probe per row (OFFSET 0 keeps the subquery from being
-    # flattened into a join the planner might do another way).
-    return (
-        f"LEFT JOIN LATERAL (SELECT x.ctid AS tid, x.* FROM {{lineage}} x"
-        f" WHERE x.id = {outer}.id OFFSET 0) l ON true"
-    )
-
-
 def _rank(status: str) -> str:
-    # Precedence of conflicting terminal events of one id (see _planner).
+    # Precedence of conflicting finish events of one execution (see _planner).
     return (
         f"(CASE {status} WHEN 'failed' THEN 3 WHEN 'cancelled' THEN 2"
         f" WHEN 'completed' THEN 1 ELSE 0 END)"
     )
 
 
-def _settled_delta(row: str, delta: str) -> str:
-    # _settled of a working-set row after the deltas {delta}dr and {delta}ds.
-    return (
-        f"({row}status <> 'pending' AND {row}children_settled + {delta}ds"
-        f" >= greatest(coalesce({row}children_expected, 0), {row}children_registered + {delta}dr))"
-    )
-
-
-def _settled(row: str) -> str:
-    # The definition of the generated column lineage.settled.
-    return (
-        f"({row}status <> 'pending' AND {row}children_settled"
-        f" >= greatest(coalesce({row}children_expected, 0), {row}children_registered))"
-    )
-
-
-_OLD_FROM_L = """
-        l.tid,
-        coalesce(l.known, false) AS o_known,
-        l.execution_id AS o_execution_id,
-        l.route_id AS o_route_id,
-        l.adapter_name AS o_adapter_name,
-        coalesce(l.status, 'pending') AS o_status,
-        coalesce(l.settled, false) AS o_settled"""
-
-
-_COUNTERS = ("children_registered", "children_settled", "descendants_failed")
-# Fields taken from the winning start event, and from the winning terminal one.
-_START_FIELDS = (
-    "start_event_id",
-    "root_id",
-    "parent_id",
-    "route_id",
-    "adapter_name",
-    "input_hash",
-    "batch_id",
-    "input_key",
-    "metadata",
-    "started_at",
-)
-_TERMINAL_FIELDS = (
-    "terminal_event_id",
-    "output_hash",
-    "error",
-    "cancel_reason",
-    "completed_at",
-    "children_expected",
-)
-
-# The deltas of a set ``m`` of rows: what each adds to its parent now (new
-# contrib_*), minus what it added before (o_contrib_*, to the parent it named then).
-_DELTAS = """
-    SELECT target, sum(dr), sum(ds), sum(df)
-    FROM (
-        SELECT o_contrib_parent AS target, -1 AS dr,
-               -(o_contrib_settled::int) AS ds, -o_contrib_failed AS df
-        FROM m WHERE o_contrib_parent IS NOT NULL
-        UNION ALL
-        SELECT contrib_parent, 1, contrib_settled::int, contrib_failed
-        FROM m WHERE contrib_parent IS NOT NULL
-    ) d
-    GROUP BY target
-    HAVING sum(dr) <> 0 OR sum(ds) <> 0 OR sum(df) <> 0"""
-
-# A row's contribution to its parent's counters, from its own (new) columns.
-_CONTRIB = """
-        k.contrib_parent IS NOT NULL AND k.settled AS contrib_settled,
-        CASE WHEN k.contrib_parent IS NOT NULL
-             THEN (k.status = 'failed')::int + k.descendants_failed ELSE 0 END
-            AS contrib_failed"""
-
-MERGE = f"""
-WITH j AS (
-    SELECT
-        s.id,
-        {_OLD_FROM_L},
-        l.contrib_parent AS o_contrib_parent,
-        coalesce(l.contrib_settled, false) AS o_contrib_settled,
-        coalesce(l.contrib_failed, 0) AS o_contrib_failed,
-        -- A placeholder belongs to the execution its terminal event names.
-        CASE WHEN w.sw THEN s.execution_id
-             WHEN l.known THEN l.execution_id
-             WHEN w.tw THEN s.term_execution_id
-             ELSE l.execution_id END AS execution_id,
-        {", ".join(f"CASE WHEN w.sw THEN s.{c} ELSE l.{c} END AS {c}" for c in _START_FIELDS)},
-        CASE WHEN w.tw THEN s.status ELSE coalesce(l.status, 'pending') END AS status,
-        {", ".join(f"CASE WHEN w.tw THEN s.{c} ELSE l.{c} END AS {c}" for c in _TERMINAL_FIELDS)},
-        coalesce(l.children_registered, 0) AS children_registered,
-        coalesce(l.children_settled, 0) AS children_settled,
-        coalesce(l.descendants_failed, 0) AS descendants_failed
-    FROM pg_temp.{STAGE_LINEAGE} s
-    {_lookup("s")}
-    CROSS JOIN LATERAL (
-        SELECT
-            s.start_event_id IS NOT NULL AND (
-                l.start_event_id IS NULL
-                OR (s.started_at, s.start_event_id) < (l.started_at, l.start_event_id)
-            ) AS sw,
-            s.terminal_event_id IS NOT NULL AND (
-                l.terminal_event_id IS NULL
-                OR (s.status_rank, s.completed_at, s.terminal_event_id)
-                   > ({_rank("l.status")}, l.completed_at, l.terminal_event_id)
-            ) AS tw
-    ) w
-    -- Neither event wins: a duplicate, nothing to write.
-    WHERE w.sw OR w.tw
-), k AS (
-    SELECT j.*,
-        CASE WHEN j.start_event_id IS NOT NULL THEN j.parent_id END AS contrib_parent,
-        {_settled("j.")} AS settled
-    FROM j
-), m AS (
-    INSERT INTO pg_temp.{WORK} (id, {", ".join(n for n, _ in _OLD)}, {", ".join(_COLS)})
-    SELECT id, {", ".join(n for n, _ in _OLD)}, {", ".join(_COLS)}
-    FROM (SELECT k.*, {_CONTRIB} FROM k) k
-    RETURNING contrib_parent, contrib_settled, contrib_failed,
-              o_contrib_parent, o_contrib_settled, o_contrib_failed
-), up AS (
-    INSERT INTO pg_temp.{DELTAS[0]} (id, dr, ds, df) {_DELTAS}
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM up)
-"""
-
-
-def _propagate(source: str, target: str) -> str:
-    """One level: the rows named in ``source`` take their deltas.
-
-    A row already in the working set is updated there; any other is read from
-    lineage into it with the delta applied (a parent that does not exist
-    becomes a placeholder: known = false, status pending). Rows whose settled
-    state or failed count changes leave their own deltas in ``target``.
-    """
-    # The row's own columns, as stored (a placeholder's status: pending).
-    carried = ", ".join(
-        "coalesce(l.status, 'pending') AS status" if c == "status" else f"l.{c}"
-        for c in _COLS
-        if c not in _COUNTERS and not c.startswith("contrib_")
-    )
-    return f"""
-WITH d AS (
-    DELETE FROM pg_temp.{source} RETURNING id, dr, ds, df
-), dw AS (
-    -- One probe of the working set per delta: found (a) or to be read (b).
-    SELECT d.id, d.dr, d.ds, d.df, w.ctid AS wtid, w.status, w.children_expected,
-           w.children_registered, w.children_settled, w.descendants_failed,
-           w.contrib_parent, w.contrib_settled, w.contrib_failed
-    FROM d LEFT JOIN pg_temp.{WORK} w ON w.id = d.id
-), a AS (
-    SELECT k.*, {_CONTRIB}
-    FROM (
-        SELECT
-            w.id, w.wtid, w.status, w.children_expected,
-            w.children_registered + w.dr AS children_registered,
-            w.children_settled + w.ds AS children_settled,
-            w.descendants_failed + w.df AS descendants_failed,
-            w.contrib_parent,
-            w.contrib_settled AS o_contrib_settled, w.contrib_failed AS o_contrib_failed,
-            {_settled_delta("w.", "w.")} AS settled
-        FROM dw w WHERE w.wtid IS NOT NULL
-    ) k
-), upd AS (
-    UPDATE pg_temp.{WORK} w
-    SET (children_registered, children_settled, descendants_failed,
-         contrib_settled, contrib_failed)
-      = (a.children_registered, a.children_settled, a.descendants_failed,
-         a.contrib_settled, a.contrib_failed)
-    FROM a WHERE w.ctid = a.wtid
-), b AS (
-    SELECT k.*, {_CONTRIB}
-    FROM (
-        SELECT
-            d.id, {_OLD_FROM_L},
-            l.contrib_parent,
-            coalesce(l.contrib_settled, false) AS o_contrib_settled,
-            coalesce(l.contrib_failed, 0) AS o_contrib_failed,
-            {carried},
-            coalesce(l.children_registered, 0) + d.dr AS children_registered,
-            coalesce(l.children_settled, 0) + d.ds AS children_settled,
-            coalesce(l.descendants_failed, 0) + d.df AS descendants_failed
-        FROM dw d {_lookup("d")}
-        WHERE d.wtid IS NULL
-    ) j
-    CROSS JOIN LATERAL (SELECT j.*, {_settled("j.")} AS settled) k
-), ins AS (
-    INSERT INTO pg_temp.{WORK} (id, {", ".join(n for n, _ in _OLD)}, {", ".join(_COLS)})
-    SELECT id, tid, o_known, o_execution_id, o_route_id, o_adapter_name, o_status,
-           o_settled, contrib_parent, o_contrib_settled, o_contrib_failed,
-           {", ".join(_COLS)}
-    FROM b
-), m AS (
-    SELECT contrib_parent, contrib_settled, contrib_failed, o_contrib_settled, o_contrib_failed
-    FROM a
-    UNION ALL
-    SELECT contrib_parent, contrib_settled, contrib_failed, o_contrib_settled, o_contrib_failed
-    FROM b
-), up AS (
-    INSERT INTO pg_temp.{target} (id, dr, ds, df)
-    SELECT contrib_parent, 0,
-           sum(contrib_settled::int - o_contrib_settled::int),
-           sum(contrib_failed - o_contrib_failed)
-    FROM m
-    WHERE contrib_parent IS NOT NULL
-    GROUP BY contrib_parent
-    HAVING sum(contrib_settled::int - o_contrib_settled::int) <> 0
-        OR sum(contrib_failed - o_contrib_failed) <> 0
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM up)
-"""
-
-
-PROPAGATE = (_propagate(DELTAS[0], DELTAS[1]), _propagate(DELTAS[1], DELTAS[0]))
-
 _COUNTS = ("completed", "failed", "cancelled", "pending")
-_COUNT_COLUMNS = ("total", *_COUNTS, "unsettled")
+STATS_COLUMNS = ("count", *_COUNTS)
+EXECUTION_COUNTS = ("total", *_COUNTS, "unsettled")
 _X_START = (
     "EXCLUDED.start_event_id IS NOT NULL AND (e.start_event_id IS NULL"
     " OR (EXCLUDED.started_at, EXCLUDED.start_event_id) < (e.started_at, e.start_event_id))"
@@ -418,86 +273,39 @@ _X_SET = ",\n        ".join(
             f"{c} = CASE WHEN {_X_FINISH} THEN EXCLUDED.{c} ELSE e.{c} END"
             for c in _X_FINISH_FIELDS
         ),
-        *(f"{c} = e.{c} + EXCLUDED.{c}" for c in _COUNT_COLUMNS),
+        *(f"{c} = e.{c} + EXCLUDED.{c}" for c in EXECUTION_COUNTS),
     ]
 )
 
-# A working-set row whose counted state (known, execution, route, adapter,
-# status, settled) differs from its old one: only those change the counts.
-_COUNTED_CHANGE = f"""NOT (
-            o_known AND start_event_id IS NOT NULL
-            AND o_execution_id IS NOT DISTINCT FROM execution_id
-            AND o_route_id IS NOT DISTINCT FROM route_id
-            AND o_adapter_name IS NOT DISTINCT FROM adapter_name
-            AND o_status = status AND o_settled = {_settled("")})"""
-
-# A placeholder no child names any more: the only start that named it as parent
-# lost to an earlier one naming another. A fresh projection of the same events
-# never made it, so it goes (unknown rows count nowhere, nothing else changes).
-_ORPHAN = "(w.start_event_id IS NULL AND w.terminal_event_id IS NULL AND w.children_registered = 0)"
-
-# Every changed row into lineage in one pass over the working set: a new row is
-# inserted, a stored one rewritten in place (found by its physical address), an
-# orphaned placeholder deleted. Its row count is the rows written.
-WRITE_ROWS = f"""
-MERGE INTO {{lineage}} t
-USING pg_temp.{WORK} w ON t.ctid = w.tid
-WHEN MATCHED AND {_ORPHAN} THEN DELETE
-WHEN MATCHED THEN
-    UPDATE SET ({", ".join(_COLS)}) = ({", ".join(f"w.{c}" for c in _COLS)})
-WHEN NOT MATCHED AND NOT {_ORPHAN} THEN
-    INSERT (id, {", ".join(_COLS)}) VALUES (w.id, {", ".join(f"w.{c}" for c in _COLS)})
-"""
-
-# The stats and execution counts, from the working set's old and new states.
-WRITE = f"""
-WITH g AS (
-    -- Each row's transition as signed contributions, summed per (execution,
-    -- route, adapter): its old state taken away, its new state added (only
-    -- known rows count). Rows whose counted state is unchanged (most parents
-    -- that only took counter deltas) would cancel out: they are left out.
-    SELECT execution_id, route_id, adapter_name,
-           {", ".join(f"sum({c}) AS {c}" for c in _COUNT_COLUMNS)}
-    FROM (
-        SELECT o_execution_id AS execution_id, o_route_id AS route_id,
-               o_adapter_name AS adapter_name, -1 AS total,
-               {", ".join(f"-((o_status = '{c}')::int) AS {c}" for c in _COUNTS)},
-               -((NOT o_settled)::int) AS unsettled
-        FROM pg_temp.{WORK} WHERE o_known AND {_COUNTED_CHANGE}
-        UNION ALL
-        SELECT execution_id, route_id, adapter_name, 1,
-               {", ".join(f"(status = '{c}')::int" for c in _COUNTS)},
-               (NOT {_settled("")})::int
-        FROM pg_temp.{WORK} WHERE start_event_id IS NOT NULL AND {_COUNTED_CHANGE}
-    ) c
-    GROUP BY execution_id, route_id, adapter_name
-), sd AS (
-    SELECT execution_id, route_id, adapter_name, total AS count, {", ".join(_COUNTS)}
-    FROM g
-    WHERE {" OR ".join(f"{c} <> 0" for c in ("total", *_COUNTS))}
-), su AS (
+# The batch's differences of the counts (from _fold, as arrays: one element per
+# (execution, route, adapter), one per execution) and its execution events.
+# Rows are locked in key order, the same in every writer.
+WRITE_COUNTS = f"""
+WITH su AS (
     INSERT INTO {{stats}} AS st
-        (execution_id, route_id, adapter_name, count, {", ".join(_COUNTS)})
-    SELECT * FROM sd ORDER BY execution_id, route_id, adapter_name
+        (execution_id, route_id, adapter_name, {", ".join(STATS_COLUMNS)})
+    SELECT * FROM unnest(
+        %(stats_execution)s::uuid[], %(stats_route)s::text[], %(stats_adapter)s::text[],
+        {", ".join(f"%(stats_{c})s::int8[]" for c in STATS_COLUMNS)}
+    ) ORDER BY 1, 2, 3
     ON CONFLICT (execution_id, route_id, adapter_name) DO UPDATE SET
-        {", ".join(f"{c} = st.{c} + EXCLUDED.{c}" for c in ("count", *_COUNTS))}
+        {", ".join(f"{c} = st.{c} + EXCLUDED.{c}" for c in STATS_COLUMNS)}
     RETURNING execution_id, route_id, adapter_name, count
 ), xd AS (
-    SELECT execution_id, {", ".join(f"sum({c}) AS {c}" for c in _COUNT_COLUMNS)}
-    FROM g
-    GROUP BY execution_id
-    HAVING {" OR ".join(f"sum({c}) <> 0" for c in _COUNT_COLUMNS)}
+    SELECT * FROM unnest(
+        %(x_execution)s::uuid[], {", ".join(f"%(x_{c})s::int8[]" for c in EXECUTION_COUNTS)}
+    ) AS xd(execution_id, {", ".join(EXECUTION_COUNTS)})
 ), x AS (
     SELECT coalesce(s.id, xd.execution_id) AS id,
            {", ".join(f"s.{c}" for c in (*_X_START_FIELDS, "finish_event_id", "error"))},
            coalesce(s.status, 'running') AS status, s.finished_at,
-           {", ".join(f"coalesce(xd.{c}, 0) AS {c}" for c in _COUNT_COLUMNS)}
+           {", ".join(f"coalesce(xd.{c}, 0) AS {c}" for c in EXECUTION_COUNTS)}
     FROM pg_temp.{STAGE_EXECUTIONS} s
     FULL JOIN xd ON xd.execution_id = s.id
 ), xu AS (
     INSERT INTO {{executions}} AS e
-        (id, {", ".join((*_X_START_FIELDS, *_X_FINISH_FIELDS, *_COUNT_COLUMNS))})
-    SELECT id, {", ".join((*_X_START_FIELDS, *_X_FINISH_FIELDS, *_COUNT_COLUMNS))}
+        (id, {", ".join((*_X_START_FIELDS, *_X_FINISH_FIELDS, *EXECUTION_COUNTS))})
+    SELECT id, {", ".join((*_X_START_FIELDS, *_X_FINISH_FIELDS, *EXECUTION_COUNTS))}
     FROM x ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
         {_X_SET}
@@ -527,10 +335,11 @@ WHERE id = ANY(%s::uuid[]) AND start_event_id IS NULL AND finish_event_id IS NUL
 class Statements:
     """The statements above with the projection's schema filled in."""
 
-    merge: bytes
-    propagate: tuple[bytes, bytes]
-    write_rows: bytes
-    write: bytes
+    lookup: bytes
+    copy_insert: bytes
+    rewrite: bytes
+    delete: bytes
+    write_counts: bytes
     delete_stats: bytes
     delete_executions: bytes
 
@@ -546,10 +355,11 @@ class Statements:
             return sql.SQL(text).format(**names).as_bytes(None)
 
         return cls(
-            merge=render(MERGE),
-            propagate=(render(PROPAGATE[0]), render(PROPAGATE[1])),
-            write_rows=render(WRITE_ROWS),
-            write=render(WRITE),
+            lookup=render(LOOKUP),
+            copy_insert=render(COPY_INSERT),
+            rewrite=render(REWRITE),
+            delete=render(DELETE),
+            write_counts=render(WRITE_COUNTS),
             delete_stats=render(DELETE_STATS),
             delete_executions=render(DELETE_EXECUTIONS),
         )
