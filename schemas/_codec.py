@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from factflow_lineage.errors import DecodeError, UnknownSchemaError
 
-from ._avro_read import compile_reader
+from ._avro_codegen import generate_reader
 from ._avro_schema import InvalidDatum, Reader, Truncated, Writer
 from ._avro_write import compile_writer
 from ._registry import CURRENT_VERSION, MARKER, RELEASES, release
@@ -56,7 +56,7 @@ _CURRENT_WRITER: Final = compile_writer(RELEASES[CURRENT_VERSION].codec_schema)
 # Fingerprint -> reader of that writer version into the shape of the current
 # version. Resolution happens once, here, so every version decodes equally fast.
 _READERS: Final[dict[bytes, Reader]] = {
-    r.fingerprint: compile_reader(r.codec_schema, RELEASES[CURRENT_VERSION].codec_schema)
+    r.fingerprint: generate_reader(r.codec_schema, RELEASES[CURRENT_VERSION].codec_schema)
     for r in RELEASES.values()
 }
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from factflow_lineage.schemas._avro_codegen import generate_reader
 from factflow_lineage.schemas._avro_read import compile_reader
 from factflow_lineage.schemas._avro_schema import SchemaError
 from factflow_lineage.schemas._avro_write import compile_writer
@@ -124,8 +125,12 @@ records = st.fixed_dictionaries(
 )
 
 WRITE = compile_writer(WRITER)
-READ_SAME = compile_reader(WRITER, WRITER)
-READ_EVOLVED = compile_reader(WRITER, READER)
+# Both readers: the closures (the reference) and the generated code the codec uses.
+COMPILERS = pytest.mark.parametrize(
+    "compile_", [compile_reader, generate_reader], ids=["closures", "generated"]
+)
+READ_SAME = {c: c(WRITER, WRITER) for c in (compile_reader, generate_reader)}
+READ_EVOLVED = {c: c(WRITER, READER) for c in (compile_reader, generate_reader)}
 FAST_WRITER = fastavro.parse_schema(WRITER)
 FAST_READER = fastavro.parse_schema(READER)
 
@@ -146,21 +151,25 @@ def _fastavro_read(data: bytes, reader: Any) -> Any:
     )
 
 
-@given(records)
-def test_writes_what_fastavro_writes_and_reads_it_back(record: dict[str, Any]) -> None:
+@COMPILERS
+@given(record=records)
+def test_writes_what_fastavro_writes_and_reads_it_back(
+    compile_: Any, record: dict[str, Any]
+) -> None:
     buf = bytearray()
     WRITE(record, buf)
     expected = io.BytesIO()
     fastavro.schemaless_writer(expected, FAST_WRITER, record)
     assert bytes(buf) == expected.getvalue()
-    assert _read(READ_SAME, bytes(buf)) == _fastavro_read(bytes(buf), None) == record
+    assert _read(READ_SAME[compile_], bytes(buf)) == _fastavro_read(bytes(buf), None) == record
 
 
-@given(records)
-def test_resolves_like_fastavro(record: dict[str, Any]) -> None:
+@COMPILERS
+@given(record=records)
+def test_resolves_like_fastavro(compile_: Any, record: dict[str, Any]) -> None:
     buf = bytearray()
     WRITE(record, buf)
-    evolved = _read(READ_EVOLVED, bytes(buf))
+    evolved = _read(READ_EVOLVED[compile_], bytes(buf))
     oracle = _fastavro_read(bytes(buf), FAST_READER)
     # fastavro hands a bytes default out as the JSON string; the spec (and we) map
     # its code points 0-255 to bytes.
@@ -173,7 +182,8 @@ def test_resolves_like_fastavro(record: dict[str, Any]) -> None:
     assert evolved["e"] == ("RED" if record["e"] == "BLUE" else record["e"])
 
 
-def test_mutable_defaults_are_not_shared() -> None:
+@COMPILERS
+def test_mutable_defaults_are_not_shared(compile_: Any) -> None:
     buf = bytearray()
     WRITE(
         {
@@ -183,13 +193,14 @@ def test_mutable_defaults_are_not_shared() -> None:
         },
         buf,
     )
-    first = _read(READ_EVOLVED, bytes(buf))
+    first = _read(READ_EVOLVED[compile_], bytes(buf))
     first["added_map"]["b"] = 2
-    assert _read(READ_EVOLVED, bytes(buf))["added_map"] == {"a": 1}
+    assert _read(READ_EVOLVED[compile_], bytes(buf))["added_map"] == {"a": 1}
 
 
-def test_huge_array_counts_run_off_the_end_instead_of_looping() -> None:
-    read = compile_reader({"type": "array", "items": "long"}, {"type": "array", "items": "long"})
+@COMPILERS
+def test_huge_array_counts_run_off_the_end_instead_of_looping(compile_: Any) -> None:
+    read = compile_({"type": "array", "items": "long"}, {"type": "array", "items": "long"})
     assert read(b"\x06\x02\x04\x06\x00", 0) == ([1, 2, 3], 5)
     with pytest.raises(IndexError):
         read(b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01\x02", 0)  # 2**62 - 1 items
@@ -222,13 +233,17 @@ def test_huge_array_counts_run_off_the_end_instead_of_looping() -> None:
         ),
     ],
 )
-def test_unreadable_schemas_fail_at_compile_time(writer: Any, reader: Any, message: str) -> None:
+@COMPILERS
+def test_unreadable_schemas_fail_at_compile_time(
+    compile_: Any, writer: Any, reader: Any, message: str
+) -> None:
     with pytest.raises(SchemaError, match=message):
-        compile_reader(writer, reader)
+        compile_(writer, reader)
 
 
+@COMPILERS
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 127, 128, 8191, 8192])
-def test_lengths_around_the_varint_boundaries(size: int) -> None:
+def test_lengths_around_the_varint_boundaries(compile_: Any, size: int) -> None:
     schema = {
         "type": "record",
         "name": "R",
@@ -240,10 +255,11 @@ def test_lengths_around_the_varint_boundaries(size: int) -> None:
     expected = io.BytesIO()
     fastavro.schemaless_writer(expected, fastavro.parse_schema(schema), record)
     assert bytes(buf) == expected.getvalue()
-    assert _read(compile_reader(schema, schema), bytes(buf)) == record
+    assert _read(compile_(schema, schema), bytes(buf)) == record
 
 
-def test_reads_blocks_with_byte_sizes() -> None:
+@COMPILERS
+def test_reads_blocks_with_byte_sizes(compile_: Any) -> None:
     """Other writers may split a map or array into blocks with a negative count
     followed by the block's size in bytes; we only ever write one plain block."""
     schema = {"type": "map", "values": {"type": "array", "items": "long"}}
@@ -254,4 +270,4 @@ def test_reads_blocks_with_byte_sizes() -> None:
         fastavro.schemaless_reader(io.BytesIO(data), fastavro.parse_schema(schema), None)
         == expected
     )
-    assert _read(compile_reader(schema, schema), data) == expected
+    assert _read(compile_(schema, schema), data) == expected
