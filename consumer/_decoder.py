@@ -43,8 +43,10 @@ class DeadLetter:
 class DecodedBatch:
     """One batch of messages: its events, its dead letters, and the offsets it covers."""
 
+    # The decoded events; empty when a worker process decoded and planned them
+    # (``_offload``): then ``plan`` covers them, and ``sources`` counts them.
     events: list[Event] = field(default_factory=list)
-    # The message each event came from (same index as ``events``).
+    # The message each event came from (same index as ``events``, or the plan's).
     sources: list[KafkaMessage] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # partition -> (first offset, last offset) of the messages of the batch
@@ -56,7 +58,7 @@ class DecodedBatch:
 
     @property
     def size(self) -> int:
-        return len(self.events) + len(self.dead_letters)
+        return len(self.sources) + len(self.dead_letters)
 
 
 def default_decode() -> Decode:
@@ -72,30 +74,61 @@ def _as_bytes(data: str | bytes | None) -> bytes | None:
     return data.encode()
 
 
+# A message that is not an event we can read: its index in the batch, and why.
+Failure = tuple[int, str]
+
+
+def decode_values(
+    values: Sequence[bytes | None], decode: Decode
+) -> tuple[list[Event], list[Failure]]:
+    """Decode message values: the events, in order, and the values that are none."""
+    events: list[Event] = []
+    failures: list[Failure] = []
+    for index, raw in enumerate(values):
+        if raw is None:
+            failures.append((index, "DecodeError: message has no value (tombstone)"))
+            continue
+        try:
+            events.append(decode(raw))
+        except DecodeError as e:
+            failures.append((index, f"{type(e).__name__}: {e}"))
+    return events, failures
+
+
+def message_values(messages: Sequence[KafkaMessage]) -> list[bytes | None]:
+    """The values of ``messages``, as bytes."""
+    return [_as_bytes(m.value()) for m in messages]
+
+
 def decode_messages(messages: Sequence[KafkaMessage], topic: str, decode: Decode) -> DecodedBatch:
     """Decode ``messages`` (all of ``topic``, already in offset order per partition)."""
+    events, failures = decode_values(message_values(messages), decode)
+    batch = collect(messages, topic, failures)
+    batch.events = events
+    return batch
+
+
+def collect(messages: Sequence[KafkaMessage], topic: str, failures: list[Failure]) -> DecodedBatch:
+    """The batch of ``messages`` but for its events: offsets covered, sources, dead letters.
+
+    ``failures``: the messages that are not events, by index, in order.
+    """
     batch = DecodedBatch()
     ranges = batch.ranges
-    events = batch.events
     sources = batch.sources
-    for message in messages:
+    failed = iter(failures)
+    next_failed, error = next(failed, (-1, ""))
+    for index, message in enumerate(messages):
         partition = message.partition()
         offset = message.offset()
         assert partition is not None and offset is not None  # consumed messages have both
         span = ranges.get(partition)
         ranges[partition] = (offset, offset) if span is None else (span[0], offset)
-        raw = message.value()
-        error: str
-        if raw is None:
-            error = "DecodeError: message has no value (tombstone)"
+        if index == next_failed:
+            batch.dead_letters.append(dead_letter(message, topic, error))
+            next_failed, error = next(failed, (-1, ""))
         else:
-            try:
-                events.append(decode(raw if isinstance(raw, bytes) else raw.encode()))
-                sources.append(message)
-                continue
-            except DecodeError as e:
-                error = f"{type(e).__name__}: {e}"
-        batch.dead_letters.append(dead_letter(message, topic, error))
+            sources.append(message)
     return batch
 
 

@@ -1,5 +1,7 @@
 """The interpreter settings a projector runs under: garbage collection and thread switching.
 
+(And whether it decodes in a worker process: ``planning_process``, see _offload.)
+
 Both are process wide, so ``ProjectorRuntime`` changes them when the first
 projector or rebuild of the process starts and puts them back when the last
 one ends: a projector run inside a larger program (the tests run several in
@@ -41,6 +43,9 @@ class RuntimeSettings:
     gc_interval: float | None = 30.0
     # sys.setswitchinterval while a projector runs, in seconds.
     switch_interval: float | None = 0.0005
+    # Decode and plan batches in a worker process (see _offload); False: in
+    # the projector's own process, as a projector inside a larger program may prefer.
+    planning_process: bool = True
 
 
 DEFAULT_RUNTIME = RuntimeSettings()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,9 +25,20 @@ import psycopg
 
 from factflow_lineage.errors import DecodeError
 
-from ._decoder import Decode, DecodedBatch, KafkaMessage, dead_letter, decode_messages
+from ._decoder import (
+    Decode,
+    DecodedBatch,
+    KafkaMessage,
+    collect,
+    dead_letter,
+    decode_messages,
+    default_decode,
+    message_values,
+)
 from ._dlq import insert_dead_letters
+from ._offload import PlanningWorker
 from ._offsets import advance_offsets, offsets_after
+from ._projection import Projection
 
 log = logging.getLogger("factflow_lineage.consumer")
 
@@ -116,15 +128,46 @@ class BatchWriter:
         apply_plan = getattr(projection, "apply_plan", None)
         self._plan = plan if callable(plan) and callable(apply_plan) else None
         self._apply_plan = apply_plan
+        # Set while a worker process decodes and plans (see ``planning_worker``).
+        self._worker: PlanningWorker | None = None
+
+    @contextmanager
+    def planning_worker(self, enabled: bool = True) -> Iterator[None]:
+        """Decode and plan in a worker process while inside (see _offload).
+
+        Only for the schemas package's decoder and ``Projection``; otherwise,
+        or not ``enabled``, batches are decoded in this process as before.
+        """
+        # The worker plans with Projection's planner and decodes with the
+        # schemas package's decoder: for anything else, no worker.
+        own_plan = getattr(type(self.projection), "plan", None) is Projection.plan
+        if not enabled or not own_plan or self._decode is not default_decode():
+            yield
+            return
+        with PlanningWorker() as worker:
+            self._worker = worker
+            try:
+                yield
+            finally:
+                self._worker = None
 
     def decode(self, messages: Sequence[KafkaMessage]) -> DecodedBatch:
         """Decode and plan ``messages``: pure CPU, the loop does it while the previous batch writes.
 
         The plan (coalescing, encoding for COPY) costs about as much client
         CPU as the decoding; made here, it leaves the writer thread only the
-        SQL. It covers exactly ``batch.events``, so the transaction still
-        holds the offsets, rows and dead letters of exactly these messages.
+        fold and the SQL. It covers exactly the events of ``batch.sources``,
+        so the transaction still holds the offsets, rows and dead letters of
+        exactly these messages. Inside ``planning_worker``, a worker process
+        does both, and the decoded events stay there (``batch.events`` empty).
         """
+        if self._worker is not None and messages:
+            done = self._worker.decode_and_plan(message_values(messages))
+            if done is not None and done[1] is not None:
+                failures, planned = done
+                batch = collect(messages, self.topic, failures)
+                batch.plan = planned
+                return batch
         batch = decode_messages(messages, self.topic, self._decode)
         if self._plan is not None and batch.events:
             try:
@@ -205,7 +248,7 @@ class BatchWriter:
                 continue
             return WriteResult(
                 committed={m.partition: m.next_offset for m in moves},
-                events=len(batch.events) - len(rejected),
+                events=len(batch.sources) - len(rejected),
                 dead_letters=len(letters),
                 transactions=1,
             )

@@ -8,6 +8,7 @@ the database says; Kafka gets advisory commits after each batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,6 +60,9 @@ class FakeWriter:
         self.applied: list[tuple[int, int]] = []
         self.conflict_once: set[int] = set()
         self.on_write: Callable[[], None] = lambda: None
+
+    def planning_worker(self, enabled: bool = True) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # decodes in the loop's process
 
     def decode(self, messages: Sequence[Msg]) -> Any:
         ranges: dict[int, tuple[int, int]] = {}
