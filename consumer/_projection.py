@@ -7,8 +7,8 @@ propagation up the chains, the counts' differences), and writes the result
 with the set-based statements of ``_sql``: new rows by binary COPY straight
 into ``lineage``, changed rows staged by COPY and rewritten in place, then the
 stats and execution counts. No statement is issued per row: the round trips
-depend on the depth of the chains the batch reaches beyond itself (usually
-none), not on the size of the batch.
+depend on how far up the chains the batch's changes climb beyond its own rows
+(a parent fetch per level), not on the size of the batch.
 """
 
 from __future__ import annotations
