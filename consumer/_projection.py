@@ -13,7 +13,7 @@ depend on how far up the chains the batch's changes climb beyond its own rows
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,8 @@ class Projection:
             stored = {r[0]: r for r in lookup(ids)} if ids else {}
             folded = fold(batch.lineage, stored, lookup, max_levels=MAX_LEVELS)
             self._write_rows(cur, folded)
-            _copy(cur, _sql.COPY_EXECUTIONS, EXECUTION_STAGE, batch.executions)
+            if batch.executions:
+                _copy(cur, _sql.COPY_EXECUTIONS, EXECUTION_STAGE, batch.executions)
             if folded.stats or folded.executions or batch.executions:
                 self._write_counts(cur, folded)
             cur.execute(_sql.SETTINGS_RESTORE, saved)
@@ -138,10 +139,10 @@ class Projection:
     def _write_rows(self, cur: psycopg.Cursor[Any], folded: Fold) -> None:
         st = self._statements
         if folded.inserts:
-            _copy(cur, st.copy_insert, _sql.INSERT, [_inserted(r) for r in folded.inserts])
+            # Generators: each row is built while PostgreSQL takes in the previous ones.
+            _copy(cur, st.copy_insert, _sql.INSERT, map(_inserted, folded.inserts))
         if folded.updates:
-            rewrites = [_rewritten(r) for r in folded.updates]
-            _copy(cur, _sql.COPY_REWRITE, _sql.REWRITE_STAGE, rewrites)
+            _copy(cur, _sql.COPY_REWRITE, _sql.REWRITE_STAGE, map(_rewritten, folded.updates))
             _expect(cur.execute(st.rewrite).rowcount, len(folded.updates), "rewritten")
         if folded.deletes:
             ids = _sql.uuid_array([r.id for r in folded.deletes])
@@ -251,10 +252,8 @@ def _copy(
     cur: psycopg.Cursor[Any],
     statement: str | bytes,
     columns: tuple[tuple[str, str], ...],
-    rows: list[tuple[Any, ...]],
+    rows: Iterable[tuple[Any, ...]],
 ) -> None:
-    if not rows:
-        return
     with cur.copy(statement) as copy:
         copy.set_types(_sql.wire_types(columns))
         for row in rows:
