@@ -40,6 +40,16 @@ S_ID, S_START, S_EXECUTION, S_ROOT, S_PARENT, S_ROUTE, S_ADAPTER = range(7)
 S_STARTED_AT, S_TERMINAL, S_STATUS, S_RANK, S_TERM_EXECUTION = 11, 12, 13, 14, 15
 S_COMPLETED_AT, S_EXPECTED = 19, 20
 
+# What the fold computes for every row it writes: its counters, and what it
+# adds to its parent's (see ``Row.folded``).
+FOLDED_COLUMNS = (
+    "children_registered",
+    "children_settled",
+    "descendants_failed",
+    "contrib_parent",
+    "contrib_settled",
+    "contrib_failed",
+)
 # A stored row as ``_sql.LOOKUP`` returns it.
 STORED_COLUMNS = (
     "id",
@@ -54,12 +64,7 @@ STORED_COLUMNS = (
     "status",
     "completed_at",
     "children_expected",
-    "children_registered",
-    "children_settled",
-    "descendants_failed",
-    "contrib_parent",
-    "contrib_settled",
-    "contrib_failed",
+    *FOLDED_COLUMNS,
 )
 Stored = tuple[Any, ...]
 Fetch = Callable[[list[bytes]], Iterable[Stored]]
@@ -195,6 +200,17 @@ class Row:
                 # A placeholder belongs to the execution its terminal event names.
                 self.execution_id = s[S_TERM_EXECUTION]
         return True
+
+    def folded(self) -> tuple[Any, ...]:
+        """The values of FOLDED_COLUMNS."""
+        return (
+            self.registered,
+            self.settled_children,
+            self.descendants_failed,
+            self.contrib_parent,
+            self.contrib_settled,
+            self.contrib_failed,
+        )
 
     def counted(self) -> tuple[Any, ...] | None:
         """What the counts hold of this row: None for an unknown one."""

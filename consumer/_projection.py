@@ -195,14 +195,7 @@ _NO_TERMINAL_WIDE = (None,) * len(_sql.TERMINAL_WIDE)
 
 def _inserted(row: Row) -> tuple[Any, ...]:
     """A new row in _sql.INSERT order, from its staged row (the planner's order)."""
-    tail = (
-        row.registered,
-        row.settled_children,
-        row.descendants_failed,
-        row.contrib_parent,
-        row.contrib_settled,
-        row.contrib_failed,
-    )
+    tail = row.folded()
     s = row.staged
     if s is None:
         return (row.id, *_PLACEHOLDER, *tail)
@@ -233,12 +226,7 @@ def _rewritten(row: Row) -> tuple[Any, ...]:
         row.completed_at,
         row.children_expected,
         *terminal_wide,
-        row.registered,
-        row.settled_children,
-        row.descendants_failed,
-        row.contrib_parent,
-        row.contrib_settled,
-        row.contrib_failed,
+        *row.folded(),
     )
 
 

@@ -37,7 +37,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from ._fold import STORED_COLUMNS
+from ._fold import FOLDED_COLUMNS, STORED_COLUMNS
 from ._planner import EXECUTION_STAGE
 
 STAGE_REWRITE = "factflow_stage_rewrite"
@@ -161,12 +161,7 @@ REWRITE_STAGE: tuple[tuple[str, str], ...] = (
             "completed_at",
             "children_expected",
             *TERMINAL_WIDE,
-            "children_registered",
-            "children_settled",
-            "descendants_failed",
-            "contrib_parent",
-            "contrib_settled",
-            "contrib_failed",
+            *FOLDED_COLUMNS,
         )
     ),
 )
