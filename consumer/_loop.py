@@ -16,8 +16,8 @@ One batch is written while the next is fetched and decoded: the write runs
 in a writer thread (psycopg releases the GIL while PostgreSQL works), so the
 decoding and planning of batch N+1 (``BatchWriter.decode``, in a worker
 process unless ``RuntimeSettings.planning_process`` is off) overlap the fold
-and the SQL of batch N. At most one write is in flight, and the PostgreSQL connection is used
-by one thread at a time: the main thread touches it (assignments, resyncs,
+and the SQL of batch N. At most one write is in flight, and the PostgreSQL
+connection is used by one thread at a time: the main thread touches it (assignments, resyncs,
 reconnects) only after waiting for the write in flight ("draining").
 """
 
@@ -189,7 +189,7 @@ class ProjectorLoop:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-writer")
         runtime = ProjectorRuntime(self._options.runtime)
         try:
-            with runtime, self._writer.planning_worker(self._options.runtime.planning_process):
+            with runtime, self._writer.planning_worker(self._options.runtime):
                 self._run(stop, runtime)
         except KafkaException as e:
             raise BrokerUnavailable(f"Kafka consumer failed: {e}") from e

@@ -20,36 +20,36 @@ is not safe.
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from ._decoder import Failure, decode_values, default_decode
 from ._planner import Plan, plan
+from ._runtime import ProjectorRuntime, RuntimeSettings
 
 log = logging.getLogger("factflow_lineage.consumer")
 
-# Full collections in the worker this often (see _runtime: decoded events form
-# no cycles, and automatic collection walks every batch again and again).
-GC_INTERVAL = 30.0
-_last_collection = 0.0
+# The worker's garbage collection, as in the projector (see _runtime): entered
+# when the worker starts, for its whole life.
+_runtime: ProjectorRuntime | None = None
 
 
-def _start() -> None:
+def _init_worker(settings: RuntimeSettings) -> None:
+    global _runtime
     # The projector handles the signals: a Ctrl-C in its terminal reaches the
     # whole process group, and the worker must not print a traceback for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    gc.disable()
+    _runtime = ProjectorRuntime(settings).__enter__()
     # A projector killed with -9 never says goodbye, and the worker's own copy
     # of its task queue keeps the pipe open: it would wait for work forever.
     # It goes when its parent does.
@@ -72,29 +72,31 @@ def decode_and_plan(values: Sequence[bytes | None]) -> tuple[list[Failure], Plan
     left to the projector's process, which decodes the batch again and hands
     it to the writer's handling of refused batches.
     """
-    global _last_collection
     events, failures = decode_values(values, default_decode())
     planned: Plan | None
     try:
         planned = plan(events)
     except ValueError:
         planned = None
-    now = time.monotonic()
-    if now - _last_collection >= GC_INTERVAL:
-        gc.collect()
-        _last_collection = now
+    if _runtime is not None:
+        _runtime.between_batches()
     return failures, planned
 
 
 class PlanningWorker:
-    """``with PlanningWorker() as w: w.decode_and_plan(values)``: one worker process."""
+    """``with PlanningWorker(settings) as w: w.decode_and_plan(values)``: one worker process.
 
-    def __init__(self) -> None:
+    ``settings``: the projector's runtime settings; the worker collects
+    garbage as they say (it has no threads to switch between).
+    """
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self._settings = replace(settings, switch_interval=None)
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
 
     def __enter__(self) -> PlanningWorker:
-        self._pool = self._start()
+        self._pool = self._new_pool()
         return self
 
     def __exit__(
@@ -117,14 +119,16 @@ class PlanningWorker:
         except BrokenProcessPool as e:
             log.warning("the planning worker died (%s): this batch is decoded here", e)
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._start()
+            self._pool = self._new_pool()
             self.restarts += 1
             return None
 
-    @staticmethod
-    def _start() -> ProcessPoolExecutor:
+    def _new_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_start
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self._settings,),
         )
         # Started now (spawn imports the package: a fraction of a second), not
         # when the first batch is waiting for it.

@@ -212,7 +212,7 @@ def rebuild(
         replay = _Replay(settings, options, tag)
         run = _Run(conn, writer, replay, options, progress, schema)
         try:
-            with run.runtime, writer.planning_worker(options.runtime.planning_process):
+            with run.runtime, writer.planning_worker(options.runtime):
                 run.catch_up()
                 offsets = run.swap(new, old)
             swapped = True

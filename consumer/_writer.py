@@ -39,6 +39,7 @@ from ._dlq import insert_dead_letters
 from ._offload import PlanningWorker
 from ._offsets import advance_offsets, offsets_after
 from ._projection import Projection
+from ._runtime import DEFAULT_RUNTIME, RuntimeSettings
 
 log = logging.getLogger("factflow_lineage.consumer")
 
@@ -132,19 +133,19 @@ class BatchWriter:
         self._worker: PlanningWorker | None = None
 
     @contextmanager
-    def planning_worker(self, enabled: bool = True) -> Iterator[None]:
+    def planning_worker(self, runtime: RuntimeSettings = DEFAULT_RUNTIME) -> Iterator[None]:
         """Decode and plan in a worker process while inside (see _offload).
 
-        Only for the schemas package's decoder and ``Projection``; otherwise,
-        or not ``enabled``, batches are decoded in this process as before.
+        Only with ``runtime.planning_process``, the schemas package's decoder
+        and ``Projection``; otherwise batches are decoded in this process.
         """
         # The worker plans with Projection's planner and decodes with the
         # schemas package's decoder: for anything else, no worker.
         own_plan = getattr(type(self.projection), "plan", None) is Projection.plan
-        if not enabled or not own_plan or self._decode is not default_decode():
+        if not runtime.planning_process or not own_plan or self._decode is not default_decode():
             yield
             return
-        with PlanningWorker() as worker:
+        with PlanningWorker(runtime) as worker:
             self._worker = worker
             try:
                 yield

@@ -61,7 +61,7 @@ class FakeWriter:
         self.conflict_once: set[int] = set()
         self.on_write: Callable[[], None] = lambda: None
 
-    def planning_worker(self, enabled: bool = True) -> contextlib.nullcontext[None]:
+    def planning_worker(self, runtime: object = None) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # decodes in the loop's process
 
     def decode(self, messages: Sequence[Msg]) -> Any:

@@ -12,6 +12,7 @@ from factflow_lineage.consumer._decoder import decode_messages, default_decode
 from factflow_lineage.consumer._offload import PlanningWorker
 from factflow_lineage.consumer._planner import plan
 from factflow_lineage.consumer._projection import Projection
+from factflow_lineage.consumer._runtime import DEFAULT_RUNTIME
 from factflow_lineage.consumer._writer import BatchWriter
 from factflow_lineage.schemas import encode
 from tests.support.events import RunShape, realistic_run
@@ -29,7 +30,7 @@ def _messages() -> list[FakeMessage]:
 def test_the_worker_plans_what_this_process_would() -> None:
     messages = _messages()
     here = decode_messages(messages, "t", default_decode())
-    with PlanningWorker() as worker:
+    with PlanningWorker(DEFAULT_RUNTIME) as worker:
         done = worker.decode_and_plan([m.value() for m in messages])
     assert done is not None
     failures, planned = done
@@ -52,7 +53,7 @@ def test_a_batch_planned_by_the_worker_is_the_batch_planned_here() -> None:
 
 def test_a_dead_worker_costs_one_batch_decoded_here_then_a_new_one_plans() -> None:
     values = [m.value() for m in _messages()]
-    with PlanningWorker() as worker:
+    with PlanningWorker(DEFAULT_RUNTIME) as worker:
         assert worker.decode_and_plan(values) is not None
         assert worker._pool is not None
         worker._pool.submit(os._exit, 9)  # the worker process dies, as if killed
@@ -72,7 +73,8 @@ def test_no_worker_for_a_decoder_of_its_own() -> None:
 _PROJECTOR = """
 import time
 from factflow_lineage.consumer._offload import PlanningWorker
-with PlanningWorker() as worker:
+from factflow_lineage.consumer._runtime import DEFAULT_RUNTIME
+with PlanningWorker(DEFAULT_RUNTIME) as worker:
     worker.decode_and_plan([])
     print(*worker._pool._processes, flush=True)
     time.sleep(60)
