@@ -155,8 +155,8 @@ class Row:
     @property
     def settled(self) -> bool:
         """Terminal, and every child it announced or has settled (lineage.settled)."""
-        return self.status != "pending" and self.settled_children >= max(
-            self.children_expected or 0, self.registered
+        return is_settled(
+            self.status, self.settled_children, self.children_expected, self.registered
         )
 
     @property
@@ -219,12 +219,17 @@ class Row:
         return (self.execution_id, self.route_id, self.adapter_name, self.status, self.settled)
 
 
+def is_settled(status: str, settled_children: int, expected: int | None, registered: int) -> bool:
+    """The generated column lineage.settled, from the columns it is computed from."""
+    return status != "pending" and settled_children >= max(expected or 0, registered)
+
+
 def stored_counted(stored: Stored | None) -> tuple[Any, ...] | None:
     """``Row.counted`` of a row as it was stored."""
     if stored is None or stored[2] is None:
         return None
     status = stored[9]
-    settled = status != "pending" and stored[13] >= max(stored[11] or 0, stored[12])
+    settled = is_settled(status, stored[13], stored[11], stored[12])
     return (stored[4], stored[6], stored[7], status, settled)
 
 
@@ -248,7 +253,7 @@ _Credits = dict[bytes, list[int]]
 
 def _credit(row: Row, credits: _Credits) -> None:
     """Pass the change of ``row``'s contribution to its parent (old parent, new parent)."""
-    # Row.settled and the contribution inlined: this runs for every row the
+    # is_settled and the contribution inlined: this runs for every row the
     # batch changes, and again for every parent on the way up.
     # Only a known row (one with a start) counts as its parent's child.
     parent = row.parent_id if row.start_event_id is not None else None
