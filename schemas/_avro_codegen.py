@@ -16,6 +16,8 @@ closure reader of that type, called from the generated code.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ._avro_read import (
@@ -284,40 +286,37 @@ class _Generator:
             self._branch(branch, reader, index, target, ind)
 
     def _map(self, writer: dict[str, Any], reader: dict[str, Any], target: str, ind: int) -> None:
-        count, key, size, value = self._var("n"), self._var("k"), self._var("s"), self._var()
-        self._emit(
-            ind,
-            f"{target} = {{}}",
-            f"{count}, pos = _read_long(data, pos)",
-            f"while {count}:",
-            f"    if {count} < 0:  # a block with its size in bytes, which we do not need",
-            f"        {count} = -{count}",
-            "        _, pos = _read_long(data, pos)",
-            # Each entry takes at least a byte (its key's length), so a hostile
-            # count runs off the end of the data instead of looping for long.
-            f"    for _ in range({count}):",
-        )
-        self._length(size, ind + 2)
-        self._emit(ind + 2, f"{key} = data[pos:pos + {size}].decode('utf-8')", f"pos += {size}")
-        self.value(writer["values"], reader["values"], value, ind + 2)
-        self._emit(ind + 2, f"{target}[{key}] = {value}")
-        self._emit(ind + 1, f"{count}, pos = _read_long(data, pos)")
+        key, value = self._var("k"), self._var()
+        self._emit(ind, f"{target} = {{}}")
+        # Each entry takes at least a byte (its key's length), so a hostile
+        # count runs off the end of the data instead of looping for long.
+        with self._blocks(ind) as body:
+            self._primitive("string", "string", key, body)
+            self.value(writer["values"], reader["values"], value, body)
+            self._emit(body, f"{target}[{key}] = {value}")
 
     def _array(self, writer: dict[str, Any], reader: dict[str, Any], target: str, ind: int) -> None:
         if _zero_width(writer["items"], set()):
             # A hostile item count (2**63 nulls) would loop without consuming input.
             raise SchemaError("arrays of items that take no bytes are not supported")
-        count, item = self._var("n"), self._var()
+        item = self._var()
+        self._emit(ind, f"{target} = []")
+        with self._blocks(ind) as body:
+            self.value(writer["items"], reader["items"], item, body)
+            self._emit(body, f"{target}.append({item})")
+
+    @contextmanager
+    def _blocks(self, ind: int) -> Iterator[int]:
+        """A map or array's blocks; code emitted inside, at the indent yielded, reads an item."""
+        count = self._var("n")
         self._emit(
             ind,
-            f"{target} = []",
             f"{count}, pos = _read_long(data, pos)",
             f"while {count}:",
-            f"    if {count} < 0:",
+            f"    if {count} < 0:  # a block with its size in bytes, which we do not need",
             f"        {count} = -{count}",
             "        _, pos = _read_long(data, pos)",
             f"    for _ in range({count}):",
         )
-        self.value(writer["items"], reader["items"], item, ind + 2)
-        self._emit(ind + 2, f"{target}.append({item})")
+        yield ind + 2
         self._emit(ind + 1, f"{count}, pos = _read_long(data, pos)")
