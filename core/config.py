@@ -33,6 +33,10 @@ DEFAULT_PG_READ_DSN = "postgresql://factflow_reader:factflow_reader@127.0.0.1:15
 DEFAULT_PG_SCHEMA = "lineage"
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Schemas a projection must never live in: ``public`` is every role's default
+# (a table there would be found by any session whose own schema lacks it), and
+# ``pg_*`` and ``information_schema`` belong to the system.
+_RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -71,6 +75,11 @@ class PostgresSettings:
         if not _IDENTIFIER.match(self.schema):
             raise ConfigError(
                 f"invalid schema name {self.schema!r}: lower-case letters, digits, underscore"
+            )
+        if self.schema in _RESERVED_SCHEMAS or self.schema.startswith("pg_"):
+            raise ConfigError(
+                f"FACTFLOW_PG_SCHEMA={self.schema!r} is a shared or system schema; "
+                "the projection needs a schema of its own (e.g. lineage)"
             )
 
     def __repr__(self) -> str:  # secrets never printed

@@ -34,8 +34,14 @@ def connect(dsn: str, *, schema: str | None = None, **kwargs: Any) -> psycopg.Co
 
 
 def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
-    """Point unqualified names at ``schema`` (then public) for this session."""
-    conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+    """Point unqualified names at ``schema`` alone for this session.
+
+    Not ``schema, public``: a table missing from ``schema`` (an old migration
+    level, a typo in FACTFLOW_PG_SCHEMA) must be an error, never a silent read
+    of whatever ``public`` holds. pg_catalog (and pg_temp, for the writer's
+    staging tables) are searched by PostgreSQL anyway.
+    """
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     if not conn.autocommit:
         conn.commit()
 

@@ -82,7 +82,8 @@ def apply_migrations(
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"migrations:{schema}",))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(ident))
+            # The schema alone (see db.set_search_path): never public.
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
             conn.execute(
                 """
                 CREATE TABLE IF NOT EXISTS schema_migrations (
