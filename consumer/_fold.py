@@ -154,7 +154,7 @@ class Row:
 
     @property
     def settled(self) -> bool:
-        """Terminal, and every child it announced or has settled (lineage.settled)."""
+        """Terminal, and the children it waits for settled (lineage.settled, is_settled)."""
         return is_settled(
             self.status, self.settled_children, self.children_expected, self.registered
         )
@@ -220,8 +220,16 @@ class Row:
 
 
 def is_settled(status: str, settled_children: int, expected: int | None, registered: int) -> bool:
-    """The generated column lineage.settled, from the columns it is computed from."""
-    return status != "pending" and settled_children >= max(expected or 0, registered)
+    """The generated column lineage.settled, from the columns it is computed from.
+
+    A completed row waits for every child it announced or has; a failed or
+    cancelled one only for those that registered: the outputs it announced
+    before it ended may never run, and waiting for them would hold the row,
+    its ancestors and its execution unsettled forever.
+    """
+    if status == "completed":
+        return settled_children >= max(expected or 0, registered)
+    return status != "pending" and settled_children >= registered
 
 
 def stored_counted(stored: Stored | None) -> tuple[Any, ...] | None:
@@ -262,9 +270,10 @@ def _credit(row: Row, credits: _Credits) -> None:
         failed = 0
     else:
         status = row.status
-        settled = status != "pending" and row.settled_children >= max(
-            row.children_expected or 0, row.registered
-        )
+        if status == "completed":
+            settled = row.settled_children >= max(row.children_expected or 0, row.registered)
+        else:
+            settled = status != "pending" and row.settled_children >= row.registered
         failed = (status == "failed") + row.descendants_failed
     old = row.contrib_parent
     if parent == old and settled == row.contrib_settled and failed == row.contrib_failed:

@@ -34,9 +34,10 @@ class ErrorInfo:
 class LineageRow:
     """One adapter invocation: one message through one adapter.
 
-    ``children_pending`` counts children not settled yet (those announced by
-    the terminal event but not recorded count too); a row is ``settled`` when
-    it ended and every child settled. ``known`` is false for a placeholder: a
+    ``children_pending`` counts children not settled yet (for a completed row,
+    those announced by its completion but not recorded count too; a failed or
+    cancelled row waits only for the children that registered); a row is
+    ``settled`` when it ended and none is pending. ``known`` is false for a placeholder: a
     row named by a child or a terminal event before its own start arrived.
     ``metadata`` carries ``input_key`` too when the row has one.
     """

@@ -14,7 +14,8 @@ Rules (the same as ``factflow_lineage.consumer``):
   or only as the parent of a known row, is a placeholder. A placeholder's
   execution is its terminal event's (none without one);
 * registered = known rows naming the row as parent; settled = terminal and
-  settled children >= max(expected, registered); descendants_failed = failed
+  settled children >= max(expected, registered) for a completed row, >=
+  registered for a failed or cancelled one; descendants_failed = failed
   rows below; what a known child contributes to its parent is recorded on it
   (contrib_*);
 * executions: every id of an execution event or of a known row; counts over
@@ -189,7 +190,10 @@ def project(events: Iterable[Mapping[str, Any]]) -> Tables:
         r["descendants_failed"] = sum(
             (k["status"] == "failed") + k["descendants_failed"] for k in kids
         )
-        need = max(r["children_expected"] or 0, r["children_registered"])
+        # A completed row waits for the children it announced too; a failed or
+        # cancelled one only for those that registered.
+        announced = (r["children_expected"] or 0) if r["status"] == "completed" else 0
+        need = max(announced, r["children_registered"])
         r["children_pending"] = need - r["children_settled"]
         r["settled"] = r["status"] != "pending" and r["children_settled"] >= need
         r["failed_at"] = r["completed_at"] if r["status"] == "failed" else None

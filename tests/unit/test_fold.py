@@ -166,6 +166,32 @@ def test_a_late_child_unsettles_then_settles_its_stored_parent(b: EventBuilder) 
     assert t.executions[XID] == [2, 2, 0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_failed_row_waits_only_for_the_children_that_registered(
+    b: EventBuilder, end: str
+) -> None:
+    t = Table()
+    # ROOT announced one child (CHILD_A), which announced three outputs and
+    # then failed or was cancelled: those children never ran.
+    t.apply(
+        [
+            start(b, ROOT, None, T0),
+            b.completed(lineage_id=ROOT, execution_id=XID, children=1, at=T0 + 5),
+            start(b, CHILD_A, ROOT, T0 + 1),
+            b.terminal(end, lineage_id=CHILD_A, execution_id=XID, children=3, at=T0 + 6),
+        ]
+    )
+    assert t.executions[XID][5] == 0  # nothing unsettled: CHILD_A, then ROOT, settled
+    assert t.rows[ROOT][13] == 1 and t.rows[CHILD_A][16] is True  # contrib_settled
+    # One of the announced children registers late: CHILD_A waits for it again,
+    # and so does ROOT, until it settles.
+    t.apply([start(b, CHILD_B, CHILD_A, T0 + 2)])
+    assert t.executions[XID][5] == 3
+    assert t.rows[ROOT][13] == 0
+    t.apply([b.completed(lineage_id=CHILD_B, execution_id=XID, at=T0 + 7)])
+    assert t.executions[XID][5] == 0 and t.rows[ROOT][13] == 1
+
+
 def test_an_unknown_parent_is_fetched_once_then_becomes_a_placeholder(b: EventBuilder) -> None:
     t = Table()
     out = t.apply([start(b, CHILD_A, ROOT, T0), start(b, CHILD_B, ROOT, T0)])
