@@ -258,13 +258,15 @@ def _page(
     direction: Literal["asc", "desc"],
     limit: int,
     cursor: str | None,
-    untimed: bool = True,
+    with_untimed: bool = True,
 ) -> Page[R]:
     """One page ordered by (``ts``, id), rows without ``ts`` last.
 
     Two index range scans rather than one ``ORDER BY ... NULLS LAST`` with an OR
     in the keyset condition, which no index can serve: first the rows with a
     timestamp after the cursor, then, once they run out, the rows without one.
+    A cursor without a timestamp was cut among the latter: the next page
+    continues there, after its id.
     """
     _check_limit(limit)
     after = decode_cursor(cursor, kind=kind) if cursor else None
@@ -286,11 +288,11 @@ def _page(
         )
         keyed_rows = conn.execute(query, [*keyed_params, limit + 1], binary=True)
         rows += [source.make(r) for r in keyed_rows]
-    if untimed and len(rows) <= limit:
+    if with_untimed and len(rows) <= limit:
         untimed_where = [*filters, sql.SQL("{} IS NULL").format(ts_col)]
         untimed_params = list(params)
         if after is not None and after.at is None:
-            untimed.append(sql.SQL("{} {} %s").format(id_col, cmp))
+            untimed_where.append(sql.SQL("{} {} %s").format(id_col, cmp))
             untimed_params.append(after.id)
         query = sql.SQL("{select} WHERE {where} ORDER BY {id} {o} LIMIT %s").format(
             select=source.select, where=sql.SQL(" AND ").join(untimed_where), id=id_col, o=order
@@ -412,7 +414,7 @@ def failures(
         direction="desc",
         limit=limit,
         cursor=cursor,
-        untimed=False,
+        with_untimed=False,
     )
 
 
