@@ -186,7 +186,7 @@ def create_app(settings: Settings, api: ApiSettings | None = None) -> FastAPI:
     @app.get("/api/v1/lineage/{lineage_id}/chain", response_model=ChainResult, dependencies=guarded)
     def lineage_chain(
         lineage_id: str,
-        max_nodes: Annotated[int, Query(ge=1, le=100_000)] = q.DEFAULT_MAX_NODES,
+        max_nodes: Annotated[int, Query(ge=1, le=q.MAX_NODES)] = q.DEFAULT_MAX_NODES,
     ) -> JSONResponse:
         """Ancestors to the root, the row, then its descendants, at most ``max_nodes``."""
         return reply(run(q.chain, lineage_id, max_nodes=max_nodes))

@@ -269,41 +269,59 @@ def _node_line(row: LineageRow, target: UUID, style: Style) -> str:
 
 
 def chain_tree(result: ChainResult, style: Style = PLAIN) -> str:
-    """Ancestors root first, then the row's descendants as a tree; failing rows marked ``x``."""
+    """Ancestors root first, then the row's descendants as a tree; failing rows marked ``x``.
+
+    Drawn without recursion and each row once, whatever the parent links
+    hold: a child already drawn (the links form a cycle, in data of an older
+    release) is named, not drawn again.
+    """
     by_id = {n.id: n for n in result.nodes}
     kids: dict[UUID, list[LineageRow]] = {}
-    for node in result.nodes:
+    for node in by_id.values():
         if node.parent_id is not None and node.parent_id in by_id:
             kids.setdefault(node.parent_id, []).append(node)
     for siblings in kids.values():
         siblings.sort(key=lambda n: (n.started_at or _NEVER, str(n.id)))
-    top = result.nodes[0]
     lines: list[str] = []
-    if top.parent_id is not None:
-        # Either the walk stopped below the root, or the parent's events never arrived.
-        why = (
-            f"and above: cut at --max-nodes {result.max_nodes}"
-            if result.truncated
-            else "is not recorded"
-        )
-        lines.append(style.dim(f"(parent {top.parent_id} {why})"))
-
-    def walk(node: LineageRow, prefix: str, connector: str, child_prefix: str) -> None:
-        mark = style.status("x", "failed") if node.status == "failed" else "o"
-        lines.append(f"{prefix}{connector}{mark} {_node_line(node, result.target, style)}")
-        children = kids.get(node.id, [])
-        for i, child in enumerate(children):
-            last = i == len(children) - 1
-            walk(
-                child,
-                prefix + child_prefix,
-                "└─ " if last else "├─ ",
-                "   " if last else "│  ",
+    drawn: set[UUID] = set()
+    # (node, prefix, connector, prefix of its children), the next to draw on top.
+    todo: list[tuple[LineageRow, str, str, str]] = []
+    for top in by_id.values():
+        if top.id in drawn:
+            continue
+        if top.parent_id is None:
+            pass
+        elif top.parent_id in by_id:
+            lines.append(
+                style.dim(f"(parent {top.parent_id} is below: the parent links form a cycle)")
             )
-
-    walk(top, "", "", "")
-    failed = sum(1 for n in result.nodes if n.status == "failed")
-    summary = f"{len(result.nodes)} rows in the chain, {failed} failed"
+        else:
+            # Either the walk stopped below the root, or the parent's events never arrived.
+            why = (
+                f"and above: cut at --max-nodes {result.max_nodes}"
+                if result.truncated
+                else "is not recorded"
+            )
+            lines.append(style.dim(f"(parent {top.parent_id} {why})"))
+        todo.append((top, "", "", ""))
+        while todo:
+            node, prefix, connector, child_prefix = todo.pop()
+            if node.id in drawn:
+                lines.append(f"{prefix}{connector}{style.dim(f'{node.id} (drawn above: a cycle)')}")
+                continue
+            drawn.add(node.id)
+            mark = style.status("x", "failed") if node.status == "failed" else "o"
+            lines.append(f"{prefix}{connector}{mark} {_node_line(node, result.target, style)}")
+            children = kids.get(node.id, [])
+            below = prefix + child_prefix
+            # Pushed last child first: the first child is drawn next.
+            for i in range(len(children) - 1, -1, -1):
+                last = i == len(children) - 1
+                todo.append(
+                    (children[i], below, "└─ " if last else "├─ ", "   " if last else "│  ")
+                )
+    failed = sum(1 for n in by_id.values() if n.status == "failed")
+    summary = f"{len(by_id)} rows in the chain, {failed} failed"
     lines.append(style.dim(summary))
     if result.truncated:
         lines.append(

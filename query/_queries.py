@@ -55,17 +55,21 @@ STATUSES = ("pending", "completed", "failed", "cancelled")
 EXECUTION_STATUSES = ("running", "completed", "failed", "cancelled")
 MAX_LIMIT = 1000
 DEFAULT_MAX_NODES = 1000
-# Ancestors are walked to the root; a chain deeper than this is a cycle in
-# corrupt data, not a pipeline (real routes are tens of stages deep).
+# The most rows one chain answer holds (the API's and the CLI's bound too).
+MAX_NODES = 100_000
+# Ancestors are walked to the root; no pipeline is this deep (real routes are
+# tens of stages), and the bound keeps the walk's path check (quadratic in the
+# depth) small on hostile data.
 _MAX_DEPTH = 10_000
 _CANDIDATES = 5
 
-_LINEAGE_COLUMNS = sql.SQL(
-    "l.id, l.execution_id, l.root_id, l.parent_id, l.route_id, l.adapter_name, l.status,"
-    " l.input_hash, l.output_hash, l.error, l.cancel_reason, l.started_at, l.completed_at,"
-    " l.batch_id, l.input_key, l.metadata, l.children_expected, l.children_registered,"
-    " l.children_settled, l.children_pending, l.descendants_failed, l.settled, l.known"
-)
+_LINEAGE_NAMES = (
+    "id", "execution_id", "root_id", "parent_id", "route_id", "adapter_name", "status",
+    "input_hash", "output_hash", "error", "cancel_reason", "started_at", "completed_at",
+    "batch_id", "input_key", "metadata", "children_expected", "children_registered",
+    "children_settled", "children_pending", "descendants_failed", "settled", "known",
+)  # fmt: skip
+_LINEAGE_COLUMNS = sql.SQL(", ".join(f"l.{name}" for name in _LINEAGE_NAMES))
 _EXECUTION_COLUMNS = sql.SQL(
     "e.id, e.pipeline, e.status, e.started_at, e.finished_at, e.replay_of,"
     " e.replay_from_stage, e.error, e.metadata, e.total, e.completed, e.failed, e.cancelled,"
@@ -418,14 +422,20 @@ def failures(
     )
 
 
+# Both walks carry the ids they passed (a path array) and never step onto one
+# again: parent links of a healthy projection form a forest, but data written
+# by an older release, or planted by hand, may hold a cycle, and a walk around
+# it would repeat the same rows up to its bound (1,000 nodes of 2 ids). A path
+# is as long as the chain is deep (tens of ids), so the check costs little.
 _ANCESTORS = sql.SQL(
     """
     WITH RECURSIVE up AS (
-        SELECT l.id, l.parent_id, 0 AS depth FROM lineage l WHERE l.id = %(id)s
+        SELECT l.id, l.parent_id, 0 AS depth, ARRAY[l.id] AS path
+        FROM lineage l WHERE l.id = %(id)s
         UNION ALL
-        SELECT l.id, l.parent_id, up.depth + 1
+        SELECT l.id, l.parent_id, up.depth + 1, up.path || l.id
         FROM up JOIN lineage l ON l.id = up.parent_id
-        WHERE up.depth < %(max_depth)s
+        WHERE up.depth < %(max_depth)s AND l.id <> ALL(up.path)
     )
     SELECT {cols} FROM up JOIN lineage l ON l.id = up.id
     ORDER BY up.depth DESC
@@ -434,22 +444,32 @@ _ANCESTORS = sql.SQL(
 
 # The outer LIMIT stops the recursion itself: PostgreSQL evaluates a recursive
 # CTE only as far as its reader pulls rows, so a huge fan-out is never walked.
+# Each row has one parent, so a row is reached twice only around a cycle,
+# which the path (seeded with the row itself) stops.
 _DESCENDANTS = sql.SQL(
     """
     WITH RECURSIVE down AS (
-        SELECT {cols} FROM lineage l WHERE l.parent_id = %(id)s
+        SELECT {cols}, ARRAY[%(id)s::uuid, l.id] AS path
+        FROM lineage l WHERE l.parent_id = %(id)s AND l.id <> %(id)s
         UNION ALL
-        SELECT {cols} FROM down JOIN lineage l ON l.parent_id = down.id
+        SELECT {cols}, down.path || l.id
+        FROM down JOIN lineage l ON l.parent_id = down.id
+        WHERE l.id <> ALL(down.path)
     )
-    SELECT * FROM down LIMIT %(limit)s
+    SELECT {out} FROM down LIMIT %(limit)s
     """
-).format(cols=_LINEAGE_COLUMNS)
+).format(cols=_LINEAGE_COLUMNS, out=sql.SQL(", ".join(_LINEAGE_NAMES)))
 
 
 def chain(conn: Conn, ref: str | UUID, *, max_nodes: int = DEFAULT_MAX_NODES) -> ChainResult:
-    """A row's ancestors up to the root, the row, and its descendants, at most ``max_nodes``."""
-    if not 1 <= max_nodes <= 100_000:
-        raise UsageError(f"max_nodes must be 1..100000, not {max_nodes}")
+    """A row's ancestors up to the root, the row, and its descendants, at most ``max_nodes``.
+
+    Each row at most once, whatever the parent links hold: around a cycle
+    (corrupt data) the ancestors stop at the first row seen again, and the
+    rows of the cycle, being descendants too, are not repeated below.
+    """
+    if not 1 <= max_nodes <= MAX_NODES:
+        raise UsageError(f"max_nodes must be 1..{MAX_NODES}, not {max_nodes}")
     ident = resolve_lineage_id(conn, ref)
     ancestors = [
         _lineage(r)
@@ -464,13 +484,23 @@ def chain(conn: Conn, ref: str | UUID, *, max_nodes: int = DEFAULT_MAX_NODES) ->
     nodes = ancestors[-max_nodes:]
     budget = max_nodes - len(nodes)
     if budget > 0:
+        seen = {n.id for n in nodes}
+        # Ancestors come back as descendants only around a cycle (the row
+        # itself never does): ask for as many more rows as may be left out.
+        wanted = budget + 1 + len(seen) - 1
         below = [
-            _lineage(r)
-            for r in conn.execute(_DESCENDANTS, {"id": ident, "limit": budget + 1}, binary=True)
+            row
+            for row in (
+                _lineage(r)
+                for r in conn.execute(_DESCENDANTS, {"id": ident, "limit": wanted}, binary=True)
+            )
+            if row.id not in seen
         ]
         truncated = truncated or len(below) > budget
         nodes += below[:budget]
-    elif conn.execute("SELECT 1 FROM lineage WHERE parent_id = %s LIMIT 1", (ident,)).fetchone():
+    elif conn.execute(
+        "SELECT 1 FROM lineage WHERE parent_id = %s AND id <> %s LIMIT 1", (ident, ident)
+    ).fetchone():
         truncated = True
     return ChainResult(target=ident, nodes=tuple(nodes), truncated=truncated, max_nodes=max_nodes)
 

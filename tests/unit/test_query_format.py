@@ -184,6 +184,41 @@ def test_chain_tree_names_a_parent_the_projection_lacks() -> None:
     assert fmt.chain_tree(chain).splitlines()[0] == f"(parent {uuid.UUID(int=99)} is not recorded)"
 
 
+def test_chain_tree_of_a_cycle_draws_each_row_once_without_recursion() -> None:
+    # Parent links 1 -> 2 -> 3 -> 1 (data of an older release), 4 below 3.
+    a, b, c = (uuid.UUID(int=n) for n in (1, 2, 3))
+    nodes = (
+        row(2, parent_id=a),
+        row(3, parent_id=b),
+        row(1, parent_id=c),
+        row(4, parent_id=c, status="failed", error=BOOM),
+    )
+    chain = ChainResult(target=a, nodes=nodes, truncated=False, max_nodes=1000)
+    lines = fmt.chain_tree(chain).splitlines()
+    assert lines[0] == f"(parent {a} is below: the parent links form a cycle)"
+    assert lines[1].startswith(f"o {b}")
+    assert lines[2].startswith(f"└─ o {c}")
+    assert lines[3].startswith(f"   ├─ o {a}") and lines[3].endswith("<== this row")
+    assert lines[4] == f"   │  └─ {b} (drawn above: a cycle)"
+    assert lines[5].startswith(f"   └─ x {uuid.UUID(int=4)}")
+    assert lines[6] == "4 rows in the chain, 1 failed"
+
+
+def test_chain_tree_of_a_self_parent_and_of_a_deep_chain() -> None:
+    me = row(1, parent_id=uuid.UUID(int=1))
+    lines = fmt.chain_tree(ChainResult(target=me.id, nodes=(me,), truncated=False, max_nodes=1))
+    assert lines.splitlines()[0] == f"(parent {me.id} is below: the parent links form a cycle)"
+    assert lines.splitlines()[2] == f"└─ {me.id} (drawn above: a cycle)"
+    # Far deeper than Python's recursion limit: drawn by iteration.
+    deep = [row(1)]
+    for n in range(2, 1502):
+        deep.append(row(n, deep[-1]))
+    tree = fmt.chain_tree(
+        ChainResult(target=deep[0].id, nodes=tuple(deep), truncated=False, max_nodes=1501)
+    )
+    assert tree.splitlines()[-1] == "1501 rows in the chain, 0 failed"
+
+
 def test_json_is_one_document_with_strings_for_ids_and_iso_times() -> None:
     failed = row(3, status="failed", error=BOOM, metadata={"input_key": "k", "n": 1})
     page = Page(rows=(failed,), next_cursor="abc")
