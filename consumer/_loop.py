@@ -12,6 +12,16 @@ resumes. When a conditional offset move conflicts (someone else advanced a
 partition) it does the same for the partitions concerned. Both paths reuse one
 mechanism: "seek to what PostgreSQL says", which is always right.
 
+A batch is submitted only if, for each of its partitions, its messages are
+contiguous and begin at the stored offset (for a partition with none stored:
+at the log start, the broker's low watermark); otherwise the partition is
+re-read from PostgreSQL. The offset fence checks the beginning again inside the
+transaction (``_offsets``): the loop's check saves a wasted transaction and
+says why, the fence is what guarantees it. The one gap let through is the one
+the broker proves: offsets below the low watermark, deleted by retention before
+they were projected; they are skipped once, with an ERROR line naming them and
+a dead letter recording them (``BatchWriter.skip_lost``).
+
 One batch is written while the next is fetched and decoded: the write runs
 in a writer thread (psycopg releases the GIL while PostgreSQL works), so the
 decoding and planning of batch N+1 (``BatchWriter.decode``, in a worker
@@ -119,6 +129,9 @@ class ProjectorLoop:
         self._positions: dict[int, int | None] = {}
         # Assigned partitions waiting to be positioned from PostgreSQL (paused).
         self._unpositioned: set[int] = set()
+        # Held partitions whose last batch began past their stored offset: the
+        # resync asks the broker whether the log lost what lies between.
+        self._began_past: set[int] = set()
         self._backoff = Backoff(initial=options.backoff_initial, maximum=options.backoff_max)
         self.pg = Outage(name="PostgreSQL", log=log)
         self.kafka = Outage(name="Kafka", log=log)
@@ -231,6 +244,7 @@ class ProjectorLoop:
                     continue
             batch = self._writer.decode(messages)  # decode + plan: overlaps the write in flight
             self._drain()
+            self._check_starts(batch)
             self._submit(*self._still_positioned(messages, batch))
             # While PostgreSQL writes: the main thread has nothing else to do.
             runtime.between_batches()
@@ -280,10 +294,56 @@ class ProjectorLoop:
             )
         self._took(result)
 
+    def _check_starts(self, batch: DecodedBatch) -> None:
+        """Hold the partitions of ``batch`` that do not begin where the projection stands.
+
+        Called once the write before it is drained, so positions are the stored
+        offsets as of its commit. A partition with no stored offset must begin
+        at the log start (asked of the broker, once per partition: after its
+        first commit it has a stored offset).
+        """
+        positions = self._positions
+        held: list[int] = []
+        for p, (first, _) in batch.ranges.items():
+            if p not in positions:
+                continue
+            position = positions[p]
+            if position is None:
+                low = self._low_watermark(p)
+                if low == first:
+                    continue
+                where = "an unknown log start" if low is None else f"the log start {low}"
+            elif first == position:
+                continue
+            else:
+                where = f"the stored offset {position}"
+                if first > position:
+                    self._began_past.add(p)
+            log.info(
+                "partition %d: batch begins at offset %d, not at %s; re-reading from the "
+                "stored offset",
+                p,
+                first,
+                where,
+            )
+            held.append(p)
+        self._hold(held)
+
+    def _low_watermark(self, partition: int) -> int | None:
+        """The partition's first offset in the log, as the broker says now (None: unknown)."""
+        try:
+            marks = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, partition), timeout=5.0, cached=False
+            )
+        except KafkaException as e:
+            log.info("partition %d: no low watermark (%s)", partition, e)
+            return None
+        return None if marks is None or marks[0] < 0 else int(marks[0])
+
     def _still_positioned(
         self, messages: list[Message], batch: DecodedBatch
     ) -> tuple[list[Message], DecodedBatch]:
-        """Drop what the write just drained made stale (a conflict, an outage).
+        """Drop what the write just drained made stale (a conflict, an outage, a wrong start).
 
         The partitions dropped are held for a resync, which seeks them back:
         nothing dropped here is lost.
@@ -295,9 +355,16 @@ class ProjectorLoop:
         return kept, self._writer.decode(kept)
 
     def _accept(self, messages: Sequence[Message]) -> list[Message]:
-        """Messages of positioned partitions, at or past their stored offset; errors handled."""
+        """Messages of positioned partitions, at or past their stored offset; errors handled.
+
+        Per partition, what is accepted is contiguous: a message that does not
+        follow the one before it (a gap, a repeat) means the stream was not one
+        run from one position, and the partition is re-read from PostgreSQL.
+        """
         accepted: list[Message] = []
         positions = self._positions
+        last: dict[int, int] = {}  # partition -> offset of its last accepted message
+        broken: dict[int, tuple[int, int]] = {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -308,9 +375,25 @@ class ProjectorLoop:
                 continue  # revoked, lost, or waiting for a resync
             position = positions[partition]
             offset = message.offset()
-            if position is not None and offset is not None and offset < position:
+            if offset is None or (position is not None and offset < position):
                 continue  # fetched before a seek; already applied
+            before = last.get(partition)
+            if before is not None and offset != before + 1:
+                broken.setdefault(partition, (before, offset))
+                continue
+            last[partition] = offset
             accepted.append(message)
+        if broken:
+            for p, (before, offset) in sorted(broken.items()):
+                log.info(
+                    "partition %d: offset %d follows %d among the messages fetched; "
+                    "re-reading from the stored offset",
+                    p,
+                    offset,
+                    before,
+                )
+            self._hold(broken)
+            accepted = [m for m in accepted if m.partition() not in broken]
         return accepted
 
     def _message_error(self, error: KafkaError) -> None:
@@ -342,10 +425,17 @@ class ProjectorLoop:
                 "re-reading from the stored offsets",
                 sorted(result.conflicts),
             )
-            self._pause(result.conflicts)
-            self._unpositioned.update(p for p in result.conflicts if p in self._positions)
-            for p in result.conflicts:
-                self._positions.pop(p, None)
+            self._hold(result.conflicts)
+
+    def _hold(self, partitions: Iterable[int]) -> None:
+        """Pause ``partitions`` until a resync positions them from PostgreSQL again."""
+        held = [p for p in partitions if p in self._positions]
+        if not held:
+            return
+        self._pause(held)
+        self._unpositioned.update(held)
+        for p in held:
+            self._positions.pop(p, None)
 
     def _commit_to_kafka(self, committed: dict[int, int]) -> None:
         offsets = [TopicPartition(self._topic, p, o) for p, o in committed.items()]
@@ -397,6 +487,11 @@ class ProjectorLoop:
                 self._unpositioned.discard(p)  # revoked while held
                 continue
             position = stored.get(p)
+            if p in self._began_past and position is not None:
+                position = self._over_lost_offsets(conn, p, position)
+                if position is None:
+                    self._resync_after = time.monotonic() + 0.5
+                    continue
             try:
                 self._consumer.seek(
                     TopicPartition(
@@ -409,11 +504,37 @@ class ProjectorLoop:
                 self._resync_after = time.monotonic() + 0.5
                 continue
             self._unpositioned.discard(p)
+            self._began_past.discard(p)
             self._positions[p] = position
             resumed.append(p)
         self._resume(resumed)
         self.stats.resyncs += 1
         log.info("partitions %s positioned from PostgreSQL", resumed)
+
+    def _over_lost_offsets(
+        self, conn: psycopg.Connection[Any], partition: int, stored: int
+    ) -> int | None:
+        """Where to resume ``partition``, stored at ``stored``, whose batch began past it.
+
+        If the broker no longer holds ``stored`` (retention deleted offsets
+        before they were projected), nothing can ever fill the gap: the stored
+        offset moves over it once, visibly. None: it moved meanwhile, re-read.
+        """
+        low = self._low_watermark(partition)
+        if low is None or low <= stored:
+            return stored  # the log has it: the batch was fetched from elsewhere
+        if not self._writer.skip_lost(conn, partition, stored, low):
+            return None
+        log.error(
+            "partition %d: offsets %d..%d were deleted from the topic (retention) before "
+            "this projection applied them; their events are missing from it (recorded as a "
+            "dead letter); going on from offset %d",
+            partition,
+            stored,
+            low - 1,
+            low,
+        )
+        return low
 
     def _wait(self, delay: float, stop: threading.Event) -> None:
         """Sleep ``delay`` seconds, serving the consumer (and dropping what it delivers)."""
@@ -465,6 +586,7 @@ class ProjectorLoop:
             if tp.topic == self._topic:
                 self._positions.pop(tp.partition, None)
                 self._unpositioned.discard(tp.partition)
+                self._began_past.discard(tp.partition)
 
     def _pause(self, partitions: Iterable[int]) -> None:
         tps = [TopicPartition(self._topic, p) for p in partitions]

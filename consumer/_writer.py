@@ -2,14 +2,19 @@
 
 The order inside the transaction matters. The conditional offset move comes
 first, so that a batch whose offsets someone else moved (a zombie, a rebuild's
-swap) is rolled back before it touched a projection row, and so that the row
-locks a rebuild's swap waits for are taken before anything else.
+swap) or that does not begin at the stored offset is rolled back before it
+touched a projection row, and so that the row locks a rebuild's swap waits for
+are taken before anything else. The owner check comes second (``_owner``): after
+the move, so that it reads the schema the move landed in (a swap renames
+schemas while the move waits), and before any row, so that a projector whose
+schema was taken over commits nothing more.
 
 A batch the projection rejects (a value PostgreSQL refuses, a constraint) is
 split in two halves, each its own transaction, down to the one message that is
 to blame; that message becomes a dead letter and everything else is applied.
 Halves are cut in (partition, offset) order, so each half covers a contiguous
-range of every partition and the offsets stay exact.
+range of every partition and begins exactly where the half before it ended:
+each half passes the same fence as a whole batch.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import psycopg
 from factflow_lineage.errors import DecodeError
 
 from ._decoder import (
+    DeadLetter,
     Decode,
     DecodedBatch,
     KafkaMessage,
@@ -37,7 +43,8 @@ from ._decoder import (
 )
 from ._dlq import insert_dead_letters
 from ._offload import PlanningWorker
-from ._offsets import advance_offsets, offsets_after
+from ._offsets import advance_offsets, offsets_after, skip_lost
+from ._owner import check as check_owner
 from ._projection import Projection
 from ._runtime import DEFAULT_RUNTIME, RuntimeSettings
 
@@ -119,10 +126,19 @@ class BatchWriter:
     """Writes batches of one topic into one projection schema, exactly once."""
 
     def __init__(
-        self, *, schema: str, topic: str, projection: ProjectionLike, decode: Decode
+        self,
+        *,
+        schema: str,
+        topic: str,
+        projection: ProjectionLike,
+        decode: Decode,
+        group: str | None = None,
     ) -> None:
         self.schema = schema
         self.topic = topic
+        # The consumer group that must own the schema for a batch to commit
+        # (None: no owner check, as for a rebuild's private schema).
+        self.group = group
         self.projection = projection
         self._decode = decode
         plan = getattr(projection, "plan", None)
@@ -197,9 +213,11 @@ class BatchWriter:
     ) -> WriteResult:
         """Project ``messages`` (decoded as ``batch``); ``expected``: stored offset per partition.
 
-        ``messages`` must be in offset order per partition and start, for each
-        partition, at or after its expected offset. psycopg's OperationalError
-        (the database went away) propagates; everything else is handled here.
+        ``messages`` must be contiguous and in offset order per partition; a
+        partition whose messages do not begin at its stored offset conflicts.
+        psycopg's OperationalError (the database went away) and
+        ``ProjectionOwned`` (the schema was taken over) propagate; everything
+        else is handled here.
         """
         try:
             return self._transaction(conn, batch, expected)
@@ -222,6 +240,8 @@ class BatchWriter:
                     conflicts = advance_offsets(conn, self.schema, self.topic, moves)
                     if conflicts:
                         raise _Conflict(conflicts)
+                    if self.group is not None:
+                        check_owner(conn, self.schema, self.topic, self.group)
                     letters = batch.dead_letters
                     rejected: Sequence[Any] = ()
                     if batch.plan is not None:
@@ -290,6 +310,35 @@ class BatchWriter:
         log.warning("partition %d offset %d rejected: %s", partition, offset, letter.error)
         batch = DecodedBatch(dead_letters=[letter], ranges={partition: (offset, offset)})
         return self._transaction(conn, batch, expected)
+
+    def skip_lost(
+        self, conn: psycopg.Connection[Any], partition: int, stored: int, to: int
+    ) -> bool:
+        """Move ``partition`` over offsets ``stored`` .. ``to - 1`` the topic no longer holds.
+
+        One transaction: the conditional move, the owner check, and a dead
+        letter at ``stored`` naming the range, so that ``factflow dlq list``
+        shows the loss where it happened. False: the stored offset moved (the
+        caller re-reads it).
+        """
+        letter = DeadLetter(
+            topic=self.topic,
+            partition=partition,
+            offset=stored,
+            key=None,
+            raw=None,
+            error=(
+                f"offsets {stored}..{to - 1} of partition {partition} were deleted from the "
+                "topic (retention) before they were projected: their events are missing"
+            ),
+        )
+        with conn.transaction():
+            if not skip_lost(conn, self.schema, self.topic, partition, stored, to):
+                return False
+            if self.group is not None:
+                check_owner(conn, self.schema, self.topic, self.group)
+            insert_dead_letters(conn, self.schema, [letter])
+        return True
 
 
 def _partition_offset(message: KafkaMessage) -> tuple[int, int]:

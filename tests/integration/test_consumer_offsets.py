@@ -37,8 +37,10 @@ def move(conn: psycopg.Connection[Any], schema: str, *moves: OffsetMove) -> froz
 def test_first_move_inserts_later_moves_update(
     conn: psycopg.Connection[Any], pg_schema: str
 ) -> None:
-    assert move(conn, pg_schema, OffsetMove(0, None, 10), OffsetMove(1, None, 3)) == frozenset()
-    assert move(conn, pg_schema, OffsetMove(0, 10, 25)) == frozenset()
+    assert (
+        move(conn, pg_schema, OffsetMove(0, None, 10, 0), OffsetMove(1, None, 3, 0)) == frozenset()
+    )
+    assert move(conn, pg_schema, OffsetMove(0, 10, 25, 10)) == frozenset()
     assert load_offsets(conn, pg_schema, TOPIC) == {0: 25, 1: 3}
     assert load_offsets(conn, pg_schema, TOPIC, [1]) == {1: 3}
     assert load_offsets(conn, pg_schema, "other-topic") == {}
@@ -47,35 +49,52 @@ def test_first_move_inserts_later_moves_update(
 def test_a_stale_expectation_conflicts_and_changes_nothing_once_rolled_back(
     conn: psycopg.Connection[Any], pg_schema: str
 ) -> None:
-    move(conn, pg_schema, OffsetMove(0, None, 10), OffsetMove(1, None, 10))
+    move(conn, pg_schema, OffsetMove(0, None, 10, 0), OffsetMove(1, None, 10, 0))
     with pytest.raises(RuntimeError), conn.transaction():
         conflicts = advance_offsets(
-            conn, pg_schema, TOPIC, [OffsetMove(0, 10, 20), OffsetMove(1, 5, 20)]
+            conn, pg_schema, TOPIC, [OffsetMove(0, 10, 20, 10), OffsetMove(1, 5, 20, 5)]
         )
         assert conflicts == frozenset({1})
         raise RuntimeError("the writer rolls back on any conflict")
     assert load_offsets(conn, pg_schema, TOPIC) == {0: 10, 1: 10}
 
 
+def test_a_batch_that_does_not_begin_at_the_stored_offset_conflicts_even_if_expected(
+    conn: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    # Stored 10. A batch fetched before a re-seek begins at 30: the caller's
+    # expectation (10) is right, but committing it would skip offsets 10..29.
+    move(conn, pg_schema, OffsetMove(0, None, 10, 0))
+    assert move(conn, pg_schema, OffsetMove(0, 10, 40, 30)) == frozenset({0})
+    # Nor may a batch begin before it (offsets 5..9 would be applied twice).
+    assert move(conn, pg_schema, OffsetMove(0, 10, 40, 5)) == frozenset({0})
+    assert load_offsets(conn, pg_schema, TOPIC) == {0: 10}
+    # A stale belief conflicts even for a batch that begins there.
+    assert move(conn, pg_schema, OffsetMove(0, 3, 40, 10)) == frozenset({0})
+    # The batch that begins exactly at the stored offset, as believed, moves it.
+    assert move(conn, pg_schema, OffsetMove(0, 10, 40, 10)) == frozenset()
+    assert load_offsets(conn, pg_schema, TOPIC) == {0: 40}
+
+
 def test_insert_conflicts_when_another_process_inserted_first(
     conn: psycopg.Connection[Any], pg_schema: str
 ) -> None:
-    move(conn, pg_schema, OffsetMove(2, None, 7))
-    assert move(conn, pg_schema, OffsetMove(2, None, 9)) == frozenset({2})
+    move(conn, pg_schema, OffsetMove(2, None, 7, 0))
+    assert move(conn, pg_schema, OffsetMove(2, None, 9, 0)) == frozenset({2})
     assert load_offsets(conn, pg_schema, TOPIC) == {2: 7}
 
 
 def test_two_zombies_racing_for_one_partition_only_one_wins(
     pg_dsn: str, conn: psycopg.Connection[Any], pg_schema: str
 ) -> None:
-    move(conn, pg_schema, OffsetMove(0, None, 100))
+    move(conn, pg_schema, OffsetMove(0, None, 100, 0))
     results: list[frozenset[int]] = []
     barrier = threading.Barrier(2)
 
     def contender(target: int) -> None:
         with connect(pg_dsn, autocommit=True) as c, c.transaction():
             barrier.wait()
-            results.append(advance_offsets(c, pg_schema, TOPIC, [OffsetMove(0, 100, target)]))
+            results.append(advance_offsets(c, pg_schema, TOPIC, [OffsetMove(0, 100, target, 100)]))
             time.sleep(0.2)  # hold the row lock: the other one waits, then re-checks
 
     threads = [threading.Thread(target=contender, args=(t,)) for t in (150, 180)]
@@ -91,12 +110,12 @@ def test_a_move_waiting_on_a_schema_swap_lands_in_the_new_schema(
     pg_dsn: str, conn: psycopg.Connection[Any], pg_schema: str
 ) -> None:
     """What the rebuild's swap relies on (see _rebuild.py)."""
-    move(conn, pg_schema, OffsetMove(0, None, 50))
+    move(conn, pg_schema, OffsetMove(0, None, 50, 0))
     fresh = f"{pg_schema}_new"
     old = f"{pg_schema}_old"
     apply_migrations(conn, fresh, projection_migrations())
     try:
-        move(conn, fresh, OffsetMove(0, None, 50))  # the rebuild copied the live offsets
+        move(conn, fresh, OffsetMove(0, None, 50, 0))  # the rebuild copied the live offsets
         outcome: list[frozenset[int]] = []
         with connect(pg_dsn, autocommit=True) as swapper, swapper.transaction():
             swapper.execute(
@@ -107,7 +126,7 @@ def test_a_move_waiting_on_a_schema_swap_lands_in_the_new_schema(
 
             def live_projector() -> None:
                 with connect(pg_dsn, autocommit=True) as c:
-                    outcome.append(move(c, pg_schema, OffsetMove(0, 50, 60)))
+                    outcome.append(move(c, pg_schema, OffsetMove(0, 50, 60, 50)))
 
             thread = threading.Thread(target=live_projector)
             thread.start()

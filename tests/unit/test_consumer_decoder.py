@@ -62,7 +62,7 @@ def test_poison_becomes_dead_letters_and_still_counts_for_the_offsets() -> None:
 def test_offsets_after_moves_each_partition_past_its_last_message() -> None:
     moves = offsets_after({0: 5, 2: None}, {2: (0, 41), 0: (5, 9), 1: (3, 3)})
     assert moves == [
-        OffsetMove(partition=0, expected=5, next_offset=10),
-        OffsetMove(partition=1, expected=None, next_offset=4),
-        OffsetMove(partition=2, expected=None, next_offset=42),
+        OffsetMove(partition=0, expected=5, next_offset=10, first=5),
+        OffsetMove(partition=1, expected=None, next_offset=4, first=3),
+        OffsetMove(partition=2, expected=None, next_offset=42, first=0),
     ]

@@ -2,6 +2,9 @@
 
 What is checked: positions come from the stored offsets (on assignment, after an
 outage, after a conflict); stale and foreign messages never reach the writer;
+no batch reaches the writer unless it begins at the stored offset (or, with
+none stored, at the log start) and is contiguous; offsets the log lost are
+skipped once, with one ERROR line;
 a database outage pauses, waits, logs once each way, and resumes exactly where
 the database says; Kafka gets advisory commits after each batch.
 """
@@ -60,6 +63,9 @@ class FakeWriter:
         self.applied: list[tuple[int, int]] = []
         self.conflict_once: set[int] = set()
         self.on_write: Callable[[], None] = lambda: None
+        # (partition, first offset of the batch, stored offset when it was written)
+        self.starts: list[tuple[int, int, int | None]] = []
+        self.skipped: list[tuple[int, int, int]] = []
 
     def planning_worker(self, runtime: object = None) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # decodes in the loop's process
@@ -80,8 +86,14 @@ class FakeWriter:
         for m in messages:
             first, _ = ranges.get(m.p, (m.o, m.o))
             ranges[m.p] = (first, m.o)
+        self.starts.extend((p, first, self.db.stored.get(p)) for p, (first, _) in ranges.items())
+        # The real fence: an update must begin at the stored offset, an insert
+        # finds no row.
         conflicts = frozenset(
-            p for p in ranges if expected.get(p) != self.db.stored.get(p) or p in self.conflict_once
+            p
+            for p, (first, _) in ranges.items()
+            if (p in self.db.stored if expected.get(p) is None else self.db.stored.get(p) != first)
+            or p in self.conflict_once
         )
         if conflicts:
             self.conflict_once -= conflicts
@@ -91,6 +103,14 @@ class FakeWriter:
         committed = {p: last + 1 for p, (_, last) in ranges.items()}
         self.db.stored.update(committed)
         return WriteResult(committed=committed, events=len(messages), transactions=1)
+
+    def skip_lost(self, conn: Any, partition: int, stored: int, to: int) -> bool:
+        self.db.check()
+        if self.db.stored.get(partition) != stored:
+            return False
+        self.db.stored[partition] = to
+        self.skipped.append((partition, stored, to))
+        return True
 
 
 class FakeConsumer:
@@ -106,6 +126,18 @@ class FakeConsumer:
         self.stop_when: Callable[[], bool] = lambda: False
         self.stop = threading.Event()
         self.calls = 0
+        self.low: dict[int, int] = {}  # partition -> log start (default 0)
+
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        return self.low.get(tp.partition, 0), self.sizes[tp.partition]
+
+    def _start(self, partition: int, offset: int) -> int:
+        # OFFSET_BEGINNING, or an offset the log no longer holds
+        # (auto.offset.reset=earliest): the log start.
+        low = self.low.get(partition, 0)
+        return low if offset in (OFFSET_BEGINNING, -1001) or offset < low else offset
 
     def _rebalance(self) -> None:
         assert self.loop is not None
@@ -136,7 +168,7 @@ class FakeConsumer:
 
     def incremental_assign(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
-            self.fetch[tp.partition] = 0 if tp.offset in (OFFSET_BEGINNING, -1001) else tp.offset
+            self.fetch[tp.partition] = self._start(tp.partition, tp.offset)
 
     def incremental_unassign(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
@@ -155,7 +187,7 @@ class FakeConsumer:
     def seek(self, tp: TopicPartition) -> None:
         if tp.partition not in self.fetch:
             raise KafkaException("Local: Erroneous state")
-        self.fetch[tp.partition] = 0 if tp.offset == OFFSET_BEGINNING else tp.offset
+        self.fetch[tp.partition] = self._start(tp.partition, tp.offset)
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.commits.append({tp.partition: tp.offset for tp in offsets})
@@ -405,3 +437,82 @@ def test_a_confirmed_outage_is_logged_once_down_and_once_up(
         "Kafka unavailable",
         "Kafka available again after 0.0s, resuming",
     ]
+
+
+def _begun_at_the_stored_offset(writer: FakeWriter) -> None:
+    """Every batch the writer received began where the projection stood."""
+    wrong = [(p, first, stored) for p, first, stored in writer.starts if first != (stored or 0)]
+    assert not wrong, f"batches submitted past or before the stored offset: {wrong}"
+
+
+def test_a_batch_fetched_past_the_stored_offset_is_never_submitted(db: Database) -> None:
+    # The consumer delivers from offset 5 while the projection stands at 2 (a
+    # fetch made before a re-seek): the loop re-reads from 2.
+    db.stored = {0: 2}
+    loop, consumer, writer = make_loop(db, {0: 9})
+    consumer.pending.append(("assign", [0]))
+    polls = [0]
+
+    def stop_when() -> bool:
+        polls[0] += 1
+        if polls[0] == 1:
+            consumer._rebalance()
+            consumer.fetch[0] = 5
+        return drained(consumer, db)()
+
+    consumer.stop_when = stop_when
+    loop.run(consumer.stop)
+    assert sorted(writer.applied) == [(0, o) for o in range(2, 9)]
+    _begun_at_the_stored_offset(writer)
+    assert not writer.skipped  # the log has offsets 2..4: nothing to skip
+
+
+def test_with_nothing_stored_a_batch_must_begin_at_the_log_start(db: Database) -> None:
+    loop, consumer, writer = make_loop(db, {0: 6, 1: 3})
+    consumer.low = {1: 1}
+    consumer.pending.append(("assign", [0, 1]))
+    polls = [0]
+
+    def stop_when() -> bool:
+        polls[0] += 1
+        if polls[0] == 1:
+            consumer._rebalance()
+            consumer.fetch[0] = 2  # not where the log begins
+        return drained(consumer, db)()
+
+    consumer.stop_when = stop_when
+    loop.run(consumer.stop)
+    assert sorted(writer.applied) == [(0, o) for o in range(6)] + [(1, 1), (1, 2)]
+    first_batches = {p: first for p, first, stored in writer.starts if stored is None}
+    assert first_batches == {0: 0, 1: 1}
+
+
+def test_a_gap_among_the_fetched_messages_holds_the_partition(db: Database) -> None:
+    db.stored = {0: 2, 1: 0}
+    loop, consumer, _ = make_loop(db, {0: 9, 1: 2})
+    loop._conn = FakeConn(db)  # type: ignore[assignment]
+    consumer.pending.append(("assign", [0, 1]))
+    consumer.consume(0)
+    fetched = [Msg(0, 2), Msg(0, 3), Msg(1, 0), Msg(0, 5), Msg(0, 6)]
+    accepted = loop._accept(fetched)  # type: ignore[arg-type]
+    assert [(m.partition(), m.offset()) for m in accepted] == [(1, 0)]
+    assert 0 in consumer.paused and 0 in loop._unpositioned
+
+
+def test_offsets_the_log_lost_are_skipped_once_with_one_error(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored 2, but retention deleted offsets 2..4 before they were projected:
+    # the consumer can only start at 5. Not a loop forever, not silent.
+    caplog.set_level(logging.INFO, logger="factflow_lineage.consumer")
+    db.stored = {0: 2}
+    loop, consumer, writer = make_loop(db, {0: 9})
+    consumer.low = {0: 5}
+    consumer.pending.append(("assign", [0]))
+    consumer.stop_when = drained(consumer, db)
+    loop.run(consumer.stop)
+    assert sorted(writer.applied) == [(0, o) for o in range(5, 9)]
+    assert writer.skipped == [(0, 2, 5)]
+    _begun_at_the_stored_offset(writer)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "partition 0: offsets 2..4" in errors[0], errors
