@@ -4,7 +4,8 @@ Two projections of the same events must hold the same rows: a rebuild and the
 live projection, a run killed ten times and an uninterrupted one. Columns that
 record the *processing* rather than the events are left out: surrogate ids
 (a ``nextval`` default) and processing timestamps (a ``now()`` default), which
-differ between two correct runs. So is ``schema_migrations`` (when, not what).
+differ between two correct runs. So are ``schema_migrations`` (when, not what)
+and ``projection_owner`` (which consumer group projects, not what it projected).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-_SKIP_TABLES = frozenset({"schema_migrations"})
+_SKIP_TABLES = frozenset({"schema_migrations", "projection_owner"})
 # Column defaults that mark processing metadata rather than projected content.
 _PROCESSING_DEFAULTS = (
     "nextval(",

@@ -26,7 +26,6 @@ from factflow_lineage.db import connect, first_line
 from factflow_lineage.errors import DatabaseUnavailable, NotFound
 
 from ._service import (
-    DEFAULT_GROUP,
     KAFKA_LOGGER,
     Projector,
     ProjectorConfig,
@@ -92,9 +91,22 @@ def _logging(level: str) -> None:
 
 @projector_app.command("run")
 def run_command(
-    group: Annotated[str, typer.Option(help="Kafka consumer group of the projectors.")] = (
-        DEFAULT_GROUP
-    ),
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka consumer group of the projectors of this schema "
+            "[default: factflow-projector.<topic>.<schema>.<digest>].",
+            show_default=False,
+        ),
+    ] = None,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over",
+            help="Make this group the schema's owner even if another group owns it; "
+            "that group's projectors stop at their next batch.",
+        ),
+    ] = False,
     batch_max: Annotated[
         int, typer.Option(min=1, max=1_000_000, help="Most events in one transaction.")
     ] = 50_000,
@@ -110,7 +122,10 @@ def run_command(
     _logging(log_level)
     settings = Settings.from_env()
     config = ProjectorConfig(
-        group_id=group, batch_max=batch_max, group_protocol=group_protocol.value
+        group_id=group,
+        take_over=take_over,
+        batch_max=batch_max,
+        group_protocol=group_protocol.value,
     )
     # Signals stop the service from here on, migrations included.
     with stop_on_signals(threading.Event()) as stop:
@@ -126,10 +141,10 @@ def run_command(
 @projector_app.command("status")
 def status_command(output: OutputOpt = Output.table) -> None:
     """Lag per partition: the topic's high watermark minus the projection's stored offset."""
-    from ._status import projector_status
+    from ._status import projection_status
 
     settings = Settings.from_env()
-    lags = projector_status(settings)
+    lags, owner = projection_status(settings)
     total = sum(lag.lag for lag in lags)
     if output is Output.json:
         typer.echo(
@@ -137,6 +152,13 @@ def status_command(output: OutputOpt = Output.table) -> None:
                 {
                     "topic": settings.kafka.topic,
                     "schema": settings.postgres.schema,
+                    "owner": None
+                    if owner is None
+                    else {
+                        "group_id": owner.group_id,
+                        "topic": owner.topic,
+                        "claimed_at": owner.claimed_at.isoformat(),
+                    },
                     "total_lag": total,
                     "partitions": [
                         {
@@ -156,6 +178,17 @@ def status_command(output: OutputOpt = Output.table) -> None:
         )
         return
     typer.echo(f"topic {settings.kafka.topic} -> schema {settings.postgres.schema}")
+    if owner is None:
+        typer.echo("owner: none yet (the first `factflow projector run` claims the schema)")
+    else:
+        typer.echo(
+            f"owner: consumer group {owner.group_id} (topic {owner.topic}, since "
+            f"{owner.claimed_at.isoformat(timespec='seconds')})"
+        )
+        if owner.topic != settings.kafka.topic:
+            typer.echo(
+                f"warning: the owner projects topic {owner.topic}, not {settings.kafka.topic}"
+            )
     typer.echo(
         _table(
             ("PARTITION", "HIGH WATERMARK", "STORED OFFSET", "LAG", "LAST ADVANCE"),

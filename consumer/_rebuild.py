@@ -8,8 +8,10 @@
    stored offsets, swap, in one transaction:
    lock the live ``consumer_offsets`` (the live projector's next batch waits on
    its very first statement), read the live offsets, apply the events between
-   the rebuild's position and them, store them in the new schema, then rename
-   live -> ``<schema>_old_<ts>`` and new -> ``<schema>``.
+   the rebuild's position and them, store them in the new schema, copy the
+   live schema's owner (``projection_owner``: the live projector's group, which
+   its batches check) into it, then rename live -> ``<schema>_old_<ts>`` and
+   new -> ``<schema>``.
    The waiting live projector then resolves ``consumer_offsets`` in the new
    schema, finds exactly the offset it expected, and goes on. (Had the rebuild
    gone past it, its conditional move fails and it re-reads from the new offsets.)
@@ -37,6 +39,8 @@ from factflow_lineage.migrations import apply_migrations, projection_migrations
 from ._decoder import Decode, default_decode
 from ._offsets import TABLE as OFFSETS_TABLE
 from ._offsets import load_offsets
+from ._owner import TABLE as OWNER_TABLE
+from ._owner import copy_owner
 from ._runtime import DEFAULT_RUNTIME, ProjectorRuntime, RuntimeSettings
 from ._writer import BatchWriter, ProjectionLike
 
@@ -384,6 +388,11 @@ class _Run:
             else:
                 self._finish(replay.high_watermarks())
             self._store_at_least(new, live or {})
+            if live_exists and _table_exists(conn, self.live_schema, OWNER_TABLE):
+                # The live projector goes on in the new schema: it must find
+                # its own group there (its batches check it), and a take-over
+                # waits for the swap rather than land in the schema renamed away.
+                copy_owner(conn, self.live_schema, new)
             if _schema_exists(conn, self.live_schema):
                 conn.execute(
                     sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(

@@ -5,6 +5,11 @@ in hand (its transaction commits), closes the consumer (leaving the group
 cleanly) and the connection, in ``finally``. If the loop fails instead, the open
 transaction rolls back: a failing projector commits nothing it did not finish.
 ``run_until_signalled`` wires SIGTERM and SIGINT to the stop event.
+
+Before it consumes anything, ``run`` claims the projection schema for its
+consumer group (``_owner``): a projector of another group refuses to start,
+unless told to take the schema over. The group defaults to one derived from
+topic and schema, so that two projections never share a group by accident.
 """
 
 from __future__ import annotations
@@ -22,17 +27,17 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException
 
 from factflow_lineage.config import Settings
-from factflow_lineage.db import connect
-from factflow_lineage.errors import BrokerUnavailable
+from factflow_lineage.db import connect, first_line
+from factflow_lineage.errors import BrokerUnavailable, ConfigError, DatabaseUnavailable
 
 from ._decoder import Decode, default_decode
 from ._loop import LoopOptions, ProjectorLoop, ProjectorStats
+from ._owner import check_group_id, claim, default_group
 from ._runtime import DEFAULT_RUNTIME, RuntimeSettings
 from ._writer import BatchWriter, ProjectionLike
 
 log = logging.getLogger("factflow_lineage.consumer")
 
-DEFAULT_GROUP = "factflow-projector"
 KAFKA_LOGGER = "factflow_lineage.consumer.librdkafka"
 
 
@@ -40,7 +45,11 @@ KAFKA_LOGGER = "factflow_lineage.consumer.librdkafka"
 class ProjectorConfig:
     """How the projector consumes; where it consumes from is in ``Settings``."""
 
-    group_id: str = DEFAULT_GROUP
+    # None: ``factflow-projector.<topic>.<schema>.<digest>`` (``_owner.default_group``).
+    group_id: str | None = None
+    # Record this group as the schema's owner even if another one owns it (the
+    # old owner stops at its next batch). Without it, another owner is an error.
+    take_over: bool = False
     # KIP-848 ("consumer"): the broker assigns, incrementally; joins in a fraction
     # of the classic protocol's time. "classic" uses cooperative-sticky.
     group_protocol: Literal["consumer", "classic"] = "consumer"
@@ -57,6 +66,14 @@ class ProjectorConfig:
     # together a quarter of the throughput (see _runtime).
     runtime: RuntimeSettings = DEFAULT_RUNTIME
 
+    def __post_init__(self) -> None:
+        if self.group_id is not None:
+            check_group_id(self.group_id)
+
+    def group_for(self, topic: str, schema: str) -> str:
+        """The consumer group of a projector of ``topic`` into ``schema``."""
+        return self.group_id if self.group_id is not None else default_group(topic, schema)
+
     def loop_options(self) -> LoopOptions:
         return LoopOptions(
             batch_max=self.batch_max,
@@ -68,11 +85,16 @@ class ProjectorConfig:
         )
 
 
-def consumer_config(bootstrap: str, config: ProjectorConfig) -> dict[str, Any]:
-    """librdkafka settings of the projector's group consumer."""
+def consumer_config(
+    bootstrap: str, config: ProjectorConfig, group: str | None = None
+) -> dict[str, Any]:
+    """librdkafka settings of the projector's group consumer (of ``group``, or the config's)."""
+    group = group if group is not None else config.group_id
+    if group is None:
+        raise ConfigError("no consumer group: give one, or use ProjectorConfig.group_for")
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
-        "group.id": config.group_id,
+        "group.id": check_group_id(group),
         "group.protocol": config.group_protocol,
         # PostgreSQL holds the position. Kafka's committed offsets are written
         # only by our explicit advisory commit, after the PostgreSQL commit.
@@ -86,7 +108,7 @@ def consumer_config(bootstrap: str, config: ProjectorConfig) -> dict[str, Any]:
         "fetch.wait.max.ms": 100,
         "reconnect.backoff.ms": 200,
         "reconnect.backoff.max.ms": 5000,
-        "client.id": f"factflow-projector-{config.group_id}",
+        "client.id": f"factflow-projector-{group}",
         # librdkafka's own log lines go through Python logging (served by
         # consume/poll), not straight to stderr: an outage is reported once by
         # the loop, not ten times a second by every reconnect attempt.
@@ -120,6 +142,7 @@ class Projector:
     ) -> None:
         self.settings = settings
         self.config = config or ProjectorConfig()
+        self.group = self.config.group_for(settings.kafka.topic, settings.postgres.schema)
         self._projection = projection
         self._decode = decode
         self._loop: ProjectorLoop | None = None
@@ -146,17 +169,49 @@ class Projector:
             raise
         return conn
 
-    def run(self, stop: threading.Event) -> None:
-        """Project until ``stop`` is set. Raises BrokerUnavailable on a fatal Kafka error."""
+    def _claim(self) -> None:
+        """Own the schema for this group, or refuse (``ProjectionOwned``): see ``_owner``."""
         kafka, pg = self.settings.kafka, self.settings.postgres
+        try:
+            with connect(pg.dsn, schema=pg.schema, autocommit=True) as conn:
+                owner, previous = claim(
+                    conn, pg.schema, kafka.topic, self.group, take_over=self.config.take_over
+                )
+        except psycopg.OperationalError as e:
+            raise DatabaseUnavailable(first_line(e)) from e
+        if previous is not None:
+            log.warning(
+                "took schema %s over from consumer group %s (topic %s, owner since %s): "
+                "its projectors stop at their next batch",
+                pg.schema,
+                previous.group_id,
+                previous.topic,
+                previous.claimed_at.isoformat(timespec="seconds"),
+            )
+        log.info(
+            "schema %s is owned by consumer group %s since %s",
+            pg.schema,
+            owner.group_id,
+            owner.claimed_at.isoformat(timespec="seconds"),
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Project until ``stop`` is set.
+
+        Raises ``ProjectionOwned`` when another group owns the schema (at start,
+        or taken over since), BrokerUnavailable on a fatal Kafka error.
+        """
+        kafka, pg = self.settings.kafka, self.settings.postgres
+        self._claim()
         writer = BatchWriter(
             schema=pg.schema,
             topic=kafka.topic,
             projection=self._projection or _default_projection(pg.schema),
             decode=self._decode or default_decode(),
+            group=self.group,
         )
         loop_box: list[ProjectorLoop] = []
-        conf = consumer_config(kafka.bootstrap, self.config)
+        conf = consumer_config(kafka.bootstrap, self.config, self.group)
         conf["error_cb"] = lambda error: loop_box[0].on_error(error) if loop_box else None
         try:
             consumer = Consumer(conf)
@@ -175,7 +230,7 @@ class Projector:
             "projector starting: topic %s, schema %s, group %s (%s protocol)",
             kafka.topic,
             pg.schema,
-            self.config.group_id,
+            self.group,
             self.config.group_protocol,
         )
         try:

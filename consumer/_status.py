@@ -3,7 +3,9 @@
 Lag = the partition's high watermark (offset of the next message to be written)
 minus the projection's stored next offset: the number of events written to
 Kafka and not yet visible in PostgreSQL. It is read from PostgreSQL, where the
-position really lives, not from the group's (advisory) committed offsets.
+position really lives, not from the group's (advisory) committed offsets: it is
+the lag of the group that owns the schema (``projection_owner``, shown beside
+it), whichever group an operator asks about.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from factflow_lineage.db import connect, first_line
 from factflow_lineage.errors import BrokerUnavailable, DatabaseUnavailable, NotFound
 
 from ._offsets import TABLE as OFFSETS_TABLE
+from ._owner import Owner, load_owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +78,24 @@ def _watermarks(settings: Settings) -> dict[int, tuple[int, int]]:
 
 def projector_status(settings: Settings, *, dsn: str | None = None) -> list[PartitionLag]:
     """Lag per partition of the lineage topic (reads with ``dsn``, default: the read DSN)."""
+    return projection_status(settings, dsn=dsn)[0]
+
+
+def projection_status(
+    settings: Settings, *, dsn: str | None = None
+) -> tuple[list[PartitionLag], Owner | None]:
+    """Lag per partition, and the consumer group that owns the schema (None: unowned)."""
     marks = _watermarks(settings)
     pg = settings.postgres
     with connect(dsn or pg.read_dsn, autocommit=True) as conn:
         try:
             stored = _stored(conn, pg.schema, settings.kafka.topic)
+            owner = load_owner(conn, pg.schema)
         except psycopg.errors.UndefinedTable as e:
             raise NotFound(f"schema {pg.schema!r} has no projection (run `factflow init`)") from e
         except psycopg.OperationalError as e:
             raise DatabaseUnavailable(first_line(e)) from e
-    return [
+    lags = [
         PartitionLag(
             partition=p,
             low_watermark=low,
@@ -94,3 +105,4 @@ def projector_status(settings: Settings, *, dsn: str | None = None) -> list[Part
         )
         for p, (low, high) in marks.items()
     ]
+    return lags, owner

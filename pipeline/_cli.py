@@ -41,13 +41,13 @@ PIPELINES: dict[str, Callable[[Storage, bool], Mapping[str, Route]]] = {
     demo.PIPELINE: lambda storage, fixed: demo.demo_routes(storage, fixed=fixed),
 }
 _FLUSH_TIMEOUT = 15.0
-_DEFAULT_GROUP = ProjectorConfig().group_id
-
 ProjectorGroupOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--projector-group",
-        help="Consumer group of the projector run here (that of your `projector run` service).",
+        help="Consumer group of the projector run here (that of your `projector run` service) "
+        "[default: that of `projector run`, factflow-projector.<topic>.<schema>.<digest>].",
+        show_default=False,
     ),
 ]
 
@@ -55,7 +55,6 @@ ProjectorGroupOpt = Annotated[
 class RawOrJson(StrEnum):
     raw = "raw"
     json = "json"
-
 
 
 demo_app = typer.Typer(
@@ -157,7 +156,7 @@ class _LiveCounters:
             _err(stage_counts_line(self.last, self.stages))
 
 
-def _catch_up(settings: Settings, group: str) -> None:
+def _catch_up(settings: Settings, group: str | None) -> None:
     result = catch_up(settings, config=ProjectorConfig(group_id=group))
     if result.events:
         _err(f"projector: {result.events} events projected in {result.seconds:.1f} s")
@@ -202,7 +201,7 @@ def demo_command(
             help="Do not run the projector here (a `factflow projector run` service does).",
         ),
     ] = False,
-    projector_group: ProjectorGroupOpt = _DEFAULT_GROUP,
+    projector_group: ProjectorGroupOpt = None,
 ) -> None:
     """Run the demo pipeline over the shipped sitemap and show its lineage.
 
@@ -343,7 +342,7 @@ def replay_command(
     no_projector: Annotated[
         bool, typer.Option("--no-projector", help="Do not run the projector here afterwards.")
     ] = False,
-    projector_group: ProjectorGroupOpt = _DEFAULT_GROUP,
+    projector_group: ProjectorGroupOpt = None,
     output: Annotated[
         Output, typer.Option("--output", "-o", help="table (the new id), or json.")
     ] = Output.table,

@@ -8,7 +8,9 @@ equal those of an uninterrupted run into another schema.
 Each restart joins a fresh consumer group: a SIGKILLed member keeps its
 partitions until the broker's session timeout expires (45 s by default under
 KIP-848), and since positions live in PostgreSQL the group is irrelevant to
-where a projector starts. The 200,000-event variant is marked slow.
+where a projector starts. Each restart therefore takes the schema over
+(``--take-over``), as an operator replacing a dead projector's group does.
+The 200,000-event variant is marked slow.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def test_kill_9_at_random_moments_neither_loses_nor_doubles_anything(
             f"{group_id}-{run}",
             tmp_path,
             f"run{run}",
+            "--take-over",
             "--batch-max",
             # Never one batch for the whole topic: kills must land mid-stream
             # (the first run in small batches: 20,000 events take it well under
@@ -85,7 +88,7 @@ def test_kill_9_at_random_moments_neither_loses_nor_doubles_anything(
             break
     assert kill_points[0] < messages, "the first kill came after the end: nothing was tested"
 
-    last = ProjectorProcess(settings, f"{group_id}-last", tmp_path, "last")
+    last = ProjectorProcess(settings, f"{group_id}-last", tmp_path, "last", "--take-over")
     try:
         wait_projected(pg.dsn, pg.schema, topic, messages, timeout=600)
         last.wait_ready()

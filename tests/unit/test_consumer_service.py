@@ -31,7 +31,9 @@ def test_consumer_config_leaves_positions_to_postgres() -> None:
     assert conf["group.id"] == "g"
     assert conf["group.protocol"] == "consumer"
     assert "partition.assignment.strategy" not in conf  # not a KIP-848 setting
-    classic = consumer_config("broker:9092", ProjectorConfig(group_protocol="classic"))
+    classic = consumer_config(
+        "broker:9092", ProjectorConfig(group_id="g", group_protocol="classic")
+    )
     assert classic["partition.assignment.strategy"] == "cooperative-sticky"
 
 
