@@ -511,6 +511,18 @@ class Pump:
 
     # ------------------------------------------------------------- control
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's spool and of the spools it
+        is re-sending (their descriptors, not their files), and never use this
+        pump again. No lock is taken: one held by a parent thread at the fork
+        stays held here, and no other thread runs in the child yet."""
+        self.closed = True
+        if self.spool is not None:
+            self.spool.forget()
+        for orphan in self.orphans:
+            orphan.release()
+        self.orphans = []
+
     def pending(self) -> int:
         """Events not yet acknowledged: in librdkafka's queue or waiting on the spool."""
         return len(self.producer) + self.backlog_count

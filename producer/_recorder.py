@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -98,20 +99,28 @@ class LineageRecorder:
 
     def __init__(self, config: RecorderConfig | None = None) -> None:
         self.config = config if config is not None else RecorderConfig()
+        self._log = RateLimitedLog(LOGGER, self.config.log_interval_s)
+        self._closed = False
+        # Inherited through fork and not used in this process yet (see _reopen).
+        self._forked = False
+        self._fork_lock = threading.Lock()
+        self._counts_lock = threading.Lock()
+        self._open()
+        # An event must fit a spool segment with room to spare.
+        self._event_max = min(self.config.event_max_bytes, self.config.segment_bytes // 2)
+        _LIVE.add(self)
+
+    def _open(self) -> None:
+        """What is this process's own: producer id, sequence, pump (producer,
+        thread, spool directory) and counters."""
         self._producer_id = new_random_id()
         self._seq = itertools.count().__next__
-        self._log = RateLimitedLog(LOGGER, self.config.log_interval_s)
         self._pump = Pump(self.config, self._producer_id, self._log)
-        self._closed = False
         self._pid = os.getpid()
-        self._counts_lock = threading.Lock()
         self._metadata_coerced = 0
         self._hash_errors = 0
         self._errors = 0
         self._dropped = 0
-        # An event must fit a spool segment with room to spare.
-        self._event_max = min(self.config.event_max_bytes, self.config.segment_bytes // 2)
-        _LIVE.add(self)
 
     @classmethod
     def from_env(
@@ -204,6 +213,8 @@ class LineageRecorder:
         The waiting is a sleep: delivery reports are served by the recorder's
         own thread, never the caller's.
         """
+        if os.getpid() != self._pid:
+            return 0  # inherited through fork, nothing recorded in this process yet
         try:
             pump = self._pump
             pump.wait(max(timeout, 0.0), lambda: pump.pending() == 0)
@@ -217,12 +228,17 @@ class LineageRecorder:
         then stop. Events not delivered by then stay in the spool for the next
         recorder on the same spool directory (or ``factflow spool drain``).
         Afterwards every method is a no-op that counts ``dropped``."""
+        if os.getpid() != self._pid:
+            # Inherited through fork and never used here: nothing of this
+            # process to deliver (the pump and librdkafka are the parent's).
+            self._forked = False
+            self._closed = True
+            _LIVE.discard(self)
+            return
         if self._closed:
             return
         self._closed = True
         try:
-            if os.getpid() != self._pid:
-                return  # a forked child: the pump thread and librdkafka are the parent's
             wait = self.config.close_timeout if timeout is None else max(timeout, 0.0)
             left = self._pump.close(wait)
             if left:
@@ -242,6 +258,8 @@ class LineageRecorder:
 
     def stats(self) -> RecorderStats:
         """A snapshot of the recorder's counters."""
+        if os.getpid() != self._pid:
+            return self._inherited_stats()
         pump = self._pump
         try:
             queue = len(pump.producer)
@@ -263,6 +281,25 @@ class LineageRecorder:
             hash_errors=self._hash_errors,
             errors=self._errors + pump.errors,
             spool_bytes=spool.reserved if spool is not None and not pump.closed else 0,
+        )
+
+    def _inherited_stats(self) -> RecorderStats:
+        """Inherited through fork, never used here: only this process's drops count."""
+        return RecorderStats(
+            emitted=0,
+            delivered=0,
+            spooled=0,
+            unspooled=0,
+            dropped=self._dropped,
+            delivery_errors=0,
+            queue_depth=0,
+            backlog=0,
+            recovered=0,
+            recovering=0,
+            metadata_coerced=self._metadata_coerced,
+            hash_errors=self._hash_errors,
+            errors=self._errors,
+            spool_bytes=0,
         )
 
     def __enter__(self) -> LineageRecorder:
@@ -287,7 +324,7 @@ class LineageRecorder:
     def _emit(self, event_type: str, key: bytes, payload: dict[str, Any]) -> None:
         """Encode, spool and produce one event. The hot path: no logging, no
         allocation beyond the event itself."""
-        if self._closed:
+        if self._closed and not (self._forked and self._reopen()):
             with self._counts_lock:
                 self._dropped += 1
             return
@@ -370,6 +407,48 @@ class LineageRecorder:
             "hash", "lineage: cannot hash the %s, recorded without a hash: %s", what, error
         )
 
+    def _inherited(self) -> None:
+        """Called in a forked child, where none of the parent's threads run:
+        let go of the parent's pump and start again on the first event."""
+        # A lock another parent thread held at the fork stays held forever here.
+        self._counts_lock = threading.Lock()
+        self._fork_lock = threading.Lock()
+        self._log = RateLimitedLog(LOGGER, self.config.log_interval_s)
+        _keep_forever(self._pump.producer)
+        self._pump.forget_after_fork()
+        self._metadata_coerced = self._hash_errors = self._errors = self._dropped = 0
+        if self._forked or not self._closed:
+            # Lazily: a child that never records (one that calls exec next, a
+            # prefork server's idle worker) makes no producer, thread or spool.
+            self._forked = True
+            self._closed = True
+
+    def _reopen(self) -> bool:
+        """The first event in a forked child: a producer id, sequence, pump and
+        spool directory of this process, nothing of the parent's in-flight state
+        (the parent delivers, or its spool keeps, what it recorded). Whether
+        the recorder is open now."""
+        with self._fork_lock:
+            if self._forked:
+                self._forked = False
+                parent = self._producer_id
+                try:
+                    self._open()
+                except Exception as e:  # stays closed: its events count as dropped
+                    self._internal_error("fork", e)
+                    return False
+                self._closed = False
+                _close_at_worker_exit(self)
+                spool = self._pump.spool
+                LOGGER.info(
+                    "lineage recorder %s inherited through fork: pid %d records as %s, spool %s",
+                    parent.hex()[:8],
+                    self._pid,
+                    self._producer_id.hex()[:8],
+                    spool.dir if spool is not None else "off",
+                )
+        return not self._closed
+
     def _internal_error(self, where: str, error: BaseException) -> None:
         """The recorder's outer boundary: count, log (rate-limited), go on."""
         with self._counts_lock:
@@ -383,7 +462,8 @@ class LineageRecorder:
         )
 
 
-# Live recorders: closed at interpreter exit, disabled in a forked child.
+# Live recorders (weakly: a recorder nobody uses can be collected): closed
+# at interpreter exit, started again in a forked child.
 _LIVE: weakref.WeakSet[LineageRecorder] = weakref.WeakSet()
 
 
@@ -392,22 +472,54 @@ def _close_all() -> None:
         recorder.close()
 
 
-# Recorders inherited by a forked child: kept alive, never destroyed there,
-# because destroying librdkafka handles whose threads stayed in the parent can
-# hang the child.
-_INHERITED: list[LineageRecorder] = []
+def _close_ref(ref: weakref.ReferenceType[LineageRecorder]) -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder.close()
+
+
+def _close_at_worker_exit(recorder: LineageRecorder) -> None:
+    """Close ``recorder`` when this multiprocessing worker ends.
+
+    Its workers leave with os._exit after multiprocessing's own finalizers,
+    without atexit: without this a pool worker's last events would wait in its
+    spool for the next recorder (or ``factflow spool drain``) instead of being
+    delivered. (Finalizers registered before the worker ran are cleared by
+    multiprocessing itself, so this is done at the first event, in the worker.)
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _close_ref, args=(weakref.ref(recorder),), exitpriority=0)
+
+
+# Parent objects a forked child must never destroy: librdkafka handles whose
+# threads stayed in the parent (destroying one waits a second for them and
+# complains on stderr, "was process forked?").
+_INHERITED: list[object] = []
+
+
+def _keep_forever(obj: object) -> None:
+    _INHERITED.append(obj)
+    # The interpreter clears module globals at exit, which would destroy it
+    # there: a reference it does not know about keeps it past the end.
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def _after_fork() -> None:
-    # The child has the parent's spool mapping and lock but none of its threads:
-    # writing there would corrupt the parent's spool. Its events are dropped
-    # (counted); a child that records makes its own recorder.
+    # The child has the parent's spool mappings and flock but none of its
+    # threads: writing there would corrupt the parent's spool, re-sending the
+    # parent's queue would duplicate it. Each recorder starts again instead.
     for recorder in list(_LIVE):
-        recorder._closed = True
-        # A lock held by another parent thread at the fork stays held forever.
-        recorder._counts_lock = threading.Lock()
-        _INHERITED.append(recorder)
-    _LIVE.clear()
+        try:
+            recorder._inherited()
+        except Exception:  # never fail the fork: this recorder just stays closed here
+            recorder._closed = True
+            recorder._forked = False
 
 
 atexit.register(_close_all)

@@ -377,6 +377,25 @@ class Spool:
             remove_dir(self.dir)
         os.close(self.lock_fd)  # releases the flock: the leftovers are now adoptable
 
+    def forget(self) -> None:
+        """Close this process's copies of the spool's descriptors and mappings,
+        writing, truncating and deleting nothing: in a forked child, whose
+        spool this is not (the parent's, still in use by it).
+
+        The flock stays with the parent: a lock taken with flock is released
+        only when every descriptor of its open file is closed, and until the
+        child's copy is, the directory could not be adopted after the parent died.
+        """
+        live = {id(s): s for s in (*self.segments, *self.retired, self.active, self.spare) if s}
+        for seg in live.values():
+            with contextlib.suppress(OSError, BufferError):
+                seg.close()
+        self.segments, self.retired, self.active, self.spare = [], [], None, None
+        if self.lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.lock_fd)
+            self.lock_fd = -1
+
 
 def unmap(segments: list[Segment], *, sync: bool = False) -> None:
     """Unmap sealed segments and give back their unused preallocated tail

@@ -356,24 +356,80 @@ def test_periodic_fsync_keeps_working(tmp_path: Path) -> None:
     assert stats.errors == 0 and stats.spooled == 4000
 
 
-def test_a_forked_child_does_not_touch_the_parents_spool(recorder: LineageRecorder) -> None:
+def test_a_forked_child_records_into_a_spool_of_its_own(
+    recorder: LineageRecorder, tmp_path: Path
+) -> None:
     with recorder.invocation(uuid.uuid4(), "r", "a"):
         pass
+    parent_dir = recorder._pump.spool.dir if recorder._pump.spool else None
     with warnings.catch_warnings():
         # Python 3.12+ warns that forking a threaded process is risky: that
         # risk is what this test is about.
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
-    if pid == 0:  # the child: record, then leave without running any cleanup
+    if pid == 0:  # the child: record, then leave without closing anything
         try:
-            with recorder.invocation(uuid.uuid4(), "r", "a"):
+            fresh = recorder.stats()
+            with recorder.invocation(uuid.uuid4(), "r", "child"):
                 pass
-            os._exit(0 if recorder.stats().dropped == 2 else 1)
+            stats = recorder.stats()
+            ok = (
+                fresh.emitted == 0
+                and (stats.emitted, stats.spooled, stats.dropped) == (2, 2, 0)
+                and recorder._pump.spool is not None
+                and recorder._pump.spool.dir != parent_dir
+                and recorder.producer_id.hex() == recorder._pump.spool.dir.name
+            )
+            os._exit(0 if ok else 1)
         finally:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(spooled(recorder)) == 2  # the parent's two events, nothing of the child
+    [child_dir] = [d for d in tmp_path.iterdir() if d != parent_dir]
+    events = [decode(v) for seg in sorted(child_dir.glob("*.seg")) for _, v in iter_segment(seg)]
+    # The child's events wait in its own directory for the next recorder (or
+    # `factflow spool drain`): as a fresh producer, sequence from 0.
+    assert [(e["payload"]["adapter_name"], e["sequence"]) for e in events[:1]] == [("child", 0)]
+    assert len(events) == 2 and events[0]["producer_id"].hex() == child_dir.name
+
+
+def test_a_forked_child_records_though_the_parent_held_the_recorders_locks(
+    recorder: LineageRecorder,
+) -> None:
+    # As if other parent threads were inside the recorder at the fork: a lock
+    # held then is held forever in the child, unless the child makes its own.
+    locks = [recorder._counts_lock, recorder._log._lock, recorder._pump.lock]
+    for lock in locks:
+        lock.acquire()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                # An execution id that is no UUID (logged, rate-limited) and
+                # metadata to coerce (counted): each under its lock.
+                with recorder.invocation("run-1", "r", "a", metadata={"x": object()}):
+                    pass
+                stats = recorder.stats()
+                ok = (stats.spooled, stats.metadata_coerced, stats.dropped) == (2, 1, 0)
+                os._exit(0 if ok else 1)
+            finally:
+                os._exit(2)
+    finally:
+        for lock in locks:
+            lock.release()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung on a lock held at the fork")
 
 
 def test_metadata_values_that_refuse_comparison_are_coerced(recorder: LineageRecorder) -> None:
