@@ -13,7 +13,6 @@ import concurrent.futures
 import multiprocessing
 import os
 import signal
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -61,7 +60,9 @@ def recorder(settings: Settings, tmp_path: Path) -> Iterator[LineageRecorder]:
             bootstrap=settings.kafka.bootstrap,
             topic=settings.kafka.topic,
             spool_dir=tmp_path / "spool",
-            adopt_interval_s=0.2,
+            # No second look at the spool directory during a test: what the
+            # children deliver, they deliver themselves.
+            adopt_interval_s=600,
         )
     )
     _RECORDER = rec
@@ -88,6 +89,10 @@ def _record_in_workers(
                 pass
         results = run_pool([(run.id, i) for i in range(tasks)])
     parent_id = recorder.producer_id.hex()
+    # Every worker closed its recorder as it left (delivered, directory removed).
+    spool = recorder._pump.spool
+    assert spool is not None and recorder.config.spool_dir is not None
+    assert [p.name for p in recorder.config.spool_dir.iterdir()] == [spool.dir.name]
     recorder.close()
     assert recorder.stats().delivered == recorder.stats().emitted
 
@@ -164,9 +169,8 @@ def test_a_child_that_leaves_without_closing_leaves_its_events_in_its_spool(
     recorder: LineageRecorder, settings: Settings, how: str
 ) -> None:
     # os._exit: no atexit, no close; SIGKILL: not even that. The child's
-    # events are in its own spool directory, which the parent's recorder
-    # (or any recorder on the spool directory, or `factflow spool drain`)
-    # adopts once the child is gone.
+    # events are in its own spool directory, which the next recorder on the
+    # spool directory (or `factflow spool drain`) adopts once the child is gone.
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -180,8 +184,8 @@ def test_a_child_that_leaves_without_closing_leaves_its_events_in_its_spool(
         row = out.read()
     _, status = os.waitpid(pid, 0)
     assert len(row) == 16, f"the child recorded nothing (status {status})"
-    time.sleep(0.5)  # the parent's next look at the spool directory
-    wait_recovered(recorder)
+    with LineageRecorder(recorder.config) as successor:
+        wait_recovered(successor)
 
     def both(got: list[Received]) -> bool:
         kinds = {r.kind for r in got if r.payload.get("lineage_id") == row}
@@ -189,7 +193,7 @@ def test_a_child_that_leaves_without_closing_leaves_its_events_in_its_spool(
 
     events = consume(settings.kafka.bootstrap, settings.kafka.topic, until=both, timeout=30)
     assert both(events)
-    # The child's spool directory was delivered and removed: only the parent's is left.
+    # The child's spool directory was re-sent and removed: only the parent's is left.
     spool = recorder._pump.spool
     assert spool is not None and recorder.config.spool_dir is not None
     assert [p.name for p in recorder.config.spool_dir.iterdir()] == [spool.dir.name]
