@@ -31,6 +31,8 @@ from typing import Any
 
 from factflow_lineage.errors import LineageError
 
+from . import _cycles
+
 # Precedence of a row's status (a terminal event's rank; see _planner).
 RANK = {"pending": 0, "completed": 1, "cancelled": 2, "failed": 3}
 COUNTED = ("completed", "failed", "cancelled", "pending")
@@ -253,6 +255,9 @@ class Fold:
     # execution -> [total, completed, failed, cancelled, pending, unsettled]
     executions: dict[bytes, list[int]] = field(default_factory=dict)
     levels: int = 0
+    # id -> the parent named in its note: a link broken to break a parent
+    # cycle; None: a link restored, its note to remove (see _cycles).
+    repairs: dict[bytes, bytes | None] = field(default_factory=dict)
 
 
 # parent id -> [registered, settled, failed below]: what its children add since last credited
@@ -303,21 +308,43 @@ def fold(
     fetch: Fetch,
     *,
     max_levels: int,
+    links: _cycles.Links,
 ) -> Fold:
     """Merge ``staged`` rows with their ``stored`` versions and propagate up the chains.
 
     ``stored``: id -> stored row of every staged id that exists. ``fetch(ids)``
-    returns the stored rows among ``ids`` (parents the propagation reaches).
+    returns the stored rows among ``ids`` (parents the propagation reaches);
+    ``links(ids)`` their parent links as ``_cycles`` reads them, notes included
+    (only for a batch that may close or change a parent cycle).
     Raises ParentCycleError after ``max_levels`` rounds (only a cycle of parent
     links climbs that high).
     """
     work: dict[bytes, Row] = {}
     credits: _Credits = {}
+    # Rows through which the batch may close or change a parent cycle (see
+    # _cycles): a stored row whose start won, or a new one merged before its
+    # parent. Two tests per start: the common path pays nothing more.
+    suspects: list[Row] = []
+    early: list[Row] = []
     for s in staged:
         lid = s[S_ID]
         row = Row(lid, stored.get(lid))
         if row.merge(s):
             work[lid] = row
+            _credit(row, credits)
+            if row.start_won:
+                if row.stored is not None:
+                    suspects.append(row)
+                elif row.parent_id is not None and row.parent_id not in work:
+                    early.append(row)
+    for row in early:
+        parent = work.get(row.parent_id or b"")
+        if parent is not None and parent.start_won:
+            suspects.append(row)
+    repairs: dict[bytes, bytes | None] = {}
+    if suspects:
+        decided, repairs = _cycles.resolve(work, stored, suspects, fetch, links, Row)
+        for row in decided:
             _credit(row, credits)
 
     levels = 0
@@ -347,7 +374,7 @@ def fold(
             parent.descendants_failed += failed
             _credit(parent, credits)
 
-    out = Fold(levels=levels)
+    out = Fold(levels=levels, repairs=repairs)
     # Rows move between counted states in a few ways per batch (pending ->
     # completed in one execution, route and adapter...): counted once per way.
     moves: dict[tuple[Any, Any], int] = {}

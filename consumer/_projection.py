@@ -16,15 +16,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import psycopg
+from psycopg import sql
 from psycopg.errors import SerializationFailure
 from psycopg.pq import TransactionStatus
 from psycopg.types.string import BytesBinaryDumper
 
 from factflow_lineage.errors import LineageError
 
-from . import _sql
+from . import _cycles, _sql
 from ._fold import Fold, ParentCycleError, Row, Stored, fold
 from ._planner import EXECUTION_STAGE, Plan, RejectedEvent, plan
 
@@ -33,6 +35,28 @@ __all__ = ["ApplyStats", "ParentCycleError", "Projection"]
 # Far beyond any real pipeline (tens of stages): only a cycle in the parent
 # links (corrupt producer data) could make propagation climb this high.
 MAX_LEVELS = 1_000
+
+# The parent links of rows, for _cycles' walks only (never on the common path):
+# id, parent_id, started_at as the fold reads them, and the parent a note of
+# _cycles names (an object: a producer's metadata holds only scalars).
+_LINKS = """
+SELECT uuid_send(x.id), uuid_send(x.parent_id),
+       (extract(epoch FROM x.started_at) * 1000000)::int8 - 946684800000000,
+       uuid_send(CASE WHEN jsonb_typeof(x.metadata -> {note}) = 'object'
+                      THEN (x.metadata -> {note} ->> 'parent_id')::uuid END)
+FROM {lineage} x WHERE x.id = ANY(%s)
+"""
+# Notes of _cycles, written after the rows: set on a row whose link was
+# broken, removed from a row whose link was restored.
+_REPAIR = """
+UPDATE {lineage} t SET metadata = CASE
+    WHEN z.parent IS NULL THEN t.metadata - {note}
+    ELSE coalesce(t.metadata, '{{}}'::jsonb) || jsonb_build_object(
+        {note}, jsonb_build_object('parent_id', z.parent, 'reason', {reason}::text))
+    END
+FROM unnest(%s::uuid[], %s::uuid[]) AS z(id, parent)
+WHERE t.id = z.id
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +87,13 @@ class Projection:
     def __init__(self, schema: str) -> None:
         self.schema = schema
         self._statements = _sql.Statements.for_schema(schema)
+        names = {
+            "lineage": sql.Identifier(schema, "lineage"),
+            "note": sql.Literal(_cycles.NOTE),
+            "reason": sql.Literal(_cycles.REASON),
+        }
+        self._links = sql.SQL(_LINKS).format(**names).as_bytes(None)
+        self._repair = sql.SQL(_REPAIR).format(**names).as_bytes(None)
 
     def apply(
         self, conn: psycopg.Connection[Any], events: Sequence[Mapping[str, Any]]
@@ -117,10 +148,22 @@ class Projection:
             def lookup(ids: list[bytes]) -> list[Stored]:
                 return cur.execute(st.lookup, (_sql.uuid_array(ids),), binary=True).fetchall()
 
+            def links(ids: list[bytes]) -> list[_cycles.Link]:
+                return cur.execute(self._links, (_sql.uuid_array(ids),), binary=True).fetchall()
+
             ids = [r[0] for r in batch.lineage]
             stored = {r[0]: r for r in lookup(ids)} if ids else {}
-            folded = fold(batch.lineage, stored, lookup, max_levels=MAX_LEVELS)
+            folded = fold(batch.lineage, stored, lookup, max_levels=MAX_LEVELS, links=links)
             self._write_rows(cur, folded)
+            if folded.repairs:
+                notes = sorted(folded.repairs.items())
+                cur.execute(
+                    self._repair,
+                    (
+                        [UUID(bytes=lid) for lid, _ in notes],
+                        [None if p is None else UUID(bytes=p) for _, p in notes],
+                    ),
+                )
             if batch.executions:
                 _copy(cur, _sql.COPY_EXECUTIONS, EXECUTION_STAGE, batch.executions)
             if folded.stats or folded.executions or batch.executions:

@@ -394,20 +394,44 @@ def test_two_batches_in_one_transaction(
     same_as_model(conn, pg_schema, first + second)
 
 
-def test_a_cycle_in_parent_links_is_an_error_not_a_hang(
+def test_a_cycle_in_parent_links_loses_its_earliest_rows_link(
+    conn: psycopg.Connection[Any], proj: Projection, b: EventBuilder, pg_schema: str
+) -> None:
+    events = [
+        start(b, CHILD_A, CHILD_B, T0 + 1),
+        start(b, CHILD_B, CHILD_A, T0),
+        b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 2),
+    ]
+    apply(conn, proj, events)
+    got = reference_model.dump(conn, pg_schema)
+    want = reference_model.project(events)
+    assert got == want, reference_model.differences(want, got)
+    broken = row(conn, pg_schema, CHILD_B)
+    assert broken["parent_id"] is None
+    assert broken["metadata"]["factflow.parent_cycle"]["parent_id"] == str(UUID(bytes=CHILD_A))
+
+
+def test_a_cycle_stored_by_an_older_release_is_an_error_not_a_hang(
     conn: psycopg.Connection[Any],
     proj: Projection,
     b: EventBuilder,
+    pg_schema: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    apply(conn, proj, [start(b, CHILD_A, CHILD_B, T0), start(b, CHILD_B, None, T0)])
+    table = sql.Identifier(pg_schema, "lineage")
+    conn.execute(
+        sql.SQL("UPDATE {} SET parent_id = %s, contrib_parent = %s WHERE id = %s").format(table),
+        (UUID(bytes=CHILD_A), UUID(bytes=CHILD_A), UUID(bytes=CHILD_B)),
+    )
+    conn.execute(
+        sql.SQL("UPDATE {} SET children_registered = 1 WHERE id = %s").format(table),
+        (UUID(bytes=CHILD_A),),
+    )
     monkeypatch.setattr(_projection, "MAX_LEVELS", 30)
-    events = [
-        start(b, CHILD_A, CHILD_B, T0),
-        start(b, CHILD_B, CHILD_A, T0),
-        b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 1),
-    ]
+    failed = b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 1)
     with pytest.raises(_projection.ParentCycleError, match="cycle") as raised, conn.transaction():
-        proj.apply(conn, events)
+        proj.apply(conn, [failed])
     # The consumer isolates and dead-letters events whose values it cannot use.
     assert isinstance(raised.value, LineageError) and isinstance(raised.value, ValueError)
 

@@ -401,8 +401,9 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
 
     Chains with fan-out, parents whose start never arrives (placeholders),
     terminal events without a start, conflicting second starts (another
-    parent, route or execution) and terminal events (another status or
-    child count), children announced but never started, shared batch ids,
+    parent, route or execution; some naming a later row: parent cycles) and
+    terminal events (another status or child count), children announced but
+    never started, shared batch ids,
     failures, cancellations, execution events (some missing, some twice),
     an event of a type the reader does not know, and many equal timestamps
     (so that ties are broken by event id).
@@ -451,6 +452,12 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
             events.append(
                 start(i, draw(st.one_of(st.none(), st.integers(0, max(i - 1, 0)))) if i else None)
             )
+        if draw(st.integers(0, 11)) == 0:
+            # A start naming any other row, a later one too: the links may form
+            # a cycle (a hostile producer), which the projection breaks.
+            other = draw(st.integers(0, n - 1))
+            if other != i:
+                events.append(start(i, other))
         for extra in range(2):
             status = draw(st.sampled_from(_TERMINALS))
             if status is None or (extra and draw(st.integers(0, 5)) > 0):

@@ -18,6 +18,9 @@ Rules (the same as ``factflow_lineage.consumer``):
   registered for a failed or cancelled one; descendants_failed = failed
   rows below; what a known child contributes to its parent is recorded on it
   (contrib_*);
+* parent cycles (only a hostile producer makes one): in every cycle of the
+  links the winning starts name, the row with the smallest (started_at, id)
+  keeps no parent, and its metadata notes the link (``NOTE``);
 * executions: every id of an execution event or of a known row; counts over
   the known rows; lineage_stats: known rows per (execution, route, adapter).
 
@@ -167,6 +170,15 @@ def project(events: Iterable[Mapping[str, Any]]) -> Tables:
                 r["execution_id"] = p["execution_id"]
         rows[lid] = r
 
+    for lid in _cycle_breaks(start):
+        r = rows[lid]
+        claimed = r["parent_id"]
+        r["parent_id"] = None
+        r["metadata"] = {
+            **r["metadata"],
+            NOTE: {"parent_id": str(UUID(bytes=claimed)), "reason": NOTE_REASON},
+        }
+
     children: dict[bytes, list[bytes]] = defaultdict(list)
     for r in list(rows.values()):
         if r["known"] and r["parent_id"] is not None:
@@ -249,6 +261,30 @@ def project(events: Iterable[Mapping[str, Any]]) -> Tables:
         "executions": sorted(_row(x, EXECUTION_COLUMNS) for x in executions),
         "lineage_stats": sorted((_u(k[0]), k[1], k[2], *v) for k, v in stats.items()),
     }
+
+
+NOTE = "factflow.parent_cycle"
+NOTE_REASON = (
+    "parent link dropped: it closes a cycle of parent links, and this row started first in it"
+)
+
+
+def _cycle_breaks(start: Mapping[bytes, Mapping[str, Any]]) -> set[bytes]:
+    """The rows whose link the projection drops: the earliest start of each cycle."""
+    parent = {lid: e["payload"]["parent_id"] for lid, e in start.items()}
+    breaks: set[bytes] = set()
+    cleared: set[bytes] = set()  # rows known not to lead into an unseen cycle
+    for lid in parent:
+        path: list[bytes] = []
+        at: bytes | None = lid
+        while at is not None and at in parent and at not in cleared and at not in path:
+            path.append(at)
+            at = parent[at]
+        if at is not None and at in path:
+            cycle = path[path.index(at) :]
+            breaks.add(min(cycle, key=lambda m: (start[m]["occurred_at"], m)))
+        cleared.update(path)
+    return breaks
 
 
 _UUID_COLUMNS = {

@@ -60,17 +60,34 @@ class Table:
         self.stats: dict[tuple[Any, ...], list[int]] = {}
         self.executions: dict[bytes, list[int]] = {}
         self.fetched: list[list[bytes]] = []
+        # id -> the parent of a link broken to break a cycle (metadata's note)
+        self.notes: dict[bytes, bytes] = {}
 
     def fetch(self, ids: list[bytes]) -> list[Stored]:
         self.fetched.append(ids)
         return [self.rows[i] for i in ids if i in self.rows]
 
+    def links(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
+        """What _projection's links statement reads: id, parent, start, noted parent."""
+        return [
+            (i, r[5], r[3] if r[2] is not None else None, self.notes.get(i))
+            for i in ids
+            if (r := self.rows.get(i)) is not None
+        ]
+
     def apply(self, events: list[Event], max_levels: int = 1_000) -> Fold:
         staged = plan(events).lineage
         stored = {s[0]: self.rows[s[0]] for s in staged if s[0] in self.rows}
-        out = fold(staged, stored, self.fetch, max_levels=max_levels)
+        out = fold(staged, stored, self.fetch, max_levels=max_levels, links=self.links)
         for row in (*out.inserts, *out.updates):
             self.rows[row.id] = _stored(row)
+            if row.start_won:  # a start brings its own metadata: no note
+                self.notes.pop(row.id, None)
+        for lid, parent in out.repairs.items():
+            if parent is None:
+                self.notes.pop(lid, None)
+            else:
+                self.notes[lid] = parent
         for row in out.deletes:
             del self.rows[row.id]
         for key, diff in out.stats.items():
@@ -214,15 +231,61 @@ def test_a_placeholder_nobody_names_any_more_is_deleted(b: EventBuilder) -> None
     assert ROOT not in t.rows and t.rows[OTHER][12] == 1  # OTHER: one child registered
 
 
-def test_a_cycle_of_parent_links_raises_after_max_levels(b: EventBuilder) -> None:
+def test_a_cycle_in_one_batch_loses_the_link_of_its_earliest_row(b: EventBuilder) -> None:
     t = Table()
     events = [
-        start(b, CHILD_A, CHILD_B, T0),
+        start(b, CHILD_A, CHILD_B, T0 + 1),
         start(b, CHILD_B, CHILD_A, T0),
-        b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 1),
+        b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 2),
     ]
+    out = t.apply(events)
+    assert out.repairs == {CHILD_B: CHILD_A}
+    assert t.rows[CHILD_B][5] is None and t.rows[CHILD_A][5] == CHILD_B
+    assert t.state() == model_state(events)[0]
+
+
+def test_a_cycle_across_batches_in_any_order_gives_the_models_state() -> None:
+    """A -> B -> C -> A, then an earlier start of B naming ROOT: the cycle is gone."""
+    b = EventBuilder(random.Random(9))
+    events = [
+        start(b, CHILD_A, CHILD_B, T0 + 3),
+        start(b, CHILD_B, OTHER, T0 + 2),
+        start(b, OTHER, CHILD_A, T0 + 1),
+        b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 9),
+        b.completed(lineage_id=OTHER, execution_id=XID, at=T0 + 9, children=1),
+    ]
+    rng = random.Random(4)
+    for n in (3, 5):
+        want = model_state(events[:n])
+        for _ in range(30):
+            order = rng.sample(events[:n], n)
+            t = Table()
+            for event in order:
+                t.apply([event])
+            assert (t.state(), table_stats(t)) == want, order
+    # OTHER started first: its link is the one dropped.
+    assert next(r for r in model_state(events)[0] if r[0] == UUID(bytes=OTHER))[2] is None
+    breaker = start(b, CHILD_B, ROOT, T0)
+    rows, _ = model_state([*events, breaker])
+    assert all(r[2] is not None for r in rows if r[0] != UUID(bytes=ROOT))  # every link kept
+    t = Table()
+    t.apply(events)
+    assert t.notes == {OTHER: CHILD_A}
+    t.apply([breaker])
+    assert t.state() == rows and t.notes == {}
+
+
+def test_a_cycle_stored_by_an_older_release_raises_after_max_levels(b: EventBuilder) -> None:
+    t = Table()
+    t.apply([start(b, CHILD_A, CHILD_B, T0), start(b, CHILD_B, None, T0)])
+    # Planted as an older release could have left it: B names A, no note.
+    stored = list(t.rows[CHILD_B])
+    stored[5] = stored[15] = CHILD_A
+    stored[16] = False
+    t.rows[CHILD_B] = tuple(stored)
+    t.rows[CHILD_A] = (*t.rows[CHILD_A][:12], 1, *t.rows[CHILD_A][13:])
     with pytest.raises(ParentCycleError, match="after 30 levels"):
-        t.apply(events, max_levels=30)
+        t.apply([b.failed(lineage_id=CHILD_A, execution_id=XID, at=T0 + 1)], max_levels=30)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
