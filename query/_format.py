@@ -53,6 +53,8 @@ class Style:
 
 
 PLAIN = Style()
+# The projector's note on a row whose parent link it dropped to break a cycle.
+PARENT_CYCLE_NOTE = "factflow.parent_cycle"
 _NEVER = datetime.max.replace(tzinfo=UTC)  # sorts rows without a start last
 
 
@@ -262,6 +264,10 @@ def _node_line(row: LineageRow, target: UUID, style: Style) -> str:
         parts.append(style.status(row.error.error_class, "failed"))
     if not row.known:
         parts.append("(start not recorded)")
+    dropped = row.metadata.get(PARENT_CYCLE_NOTE)
+    if isinstance(dropped, dict):
+        # The projector broke a parent cycle here (consumer/_cycles.py).
+        parts.append(f"(parent {dropped.get('parent_id')} dropped: a parent cycle)")
     line = "  ".join(parts)
     if row.id == target:
         line = style.bold(line) + "   <== this row"

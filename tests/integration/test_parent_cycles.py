@@ -73,7 +73,8 @@ def _cycles(parents: dict[str, str | None]) -> list[str]:
     """Rows from which following parent links comes back to a row already passed."""
     looping = []
     for start in parents:
-        seen, at = set(), start
+        seen: set[str] = set()
+        at: str | None = start
         while at is not None and at in parents:
             if at in seen:
                 looping.append(start)
@@ -228,6 +229,8 @@ def test_a_cycle_across_batches_is_never_stored(
     chain = _cli(pg.schema, pg_read_dsn, "lineage", "chain", _u(A), "--output", "json")
     assert chain.exit_code == 0, chain.output
     ids = [n["id"] for n in json.loads(chain.stdout)["nodes"]]
+    tree = _cli(pg.schema, pg_read_dsn, "lineage", "chain", _u(earliest))
+    assert tree.exit_code == 0 and f"(parent {_u(other)} dropped: a parent cycle)" in tree.stdout
     if closing_is_earliest:  # B -> A -> C: A's ancestor, A, its child
         assert ids == [_u(B), _u(A), _u(C)]
     else:  # A -> {B, C}: A is the root, B and C its children

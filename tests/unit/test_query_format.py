@@ -219,6 +219,15 @@ def test_chain_tree_of_a_self_parent_and_of_a_deep_chain() -> None:
     assert tree.splitlines()[-1] == "1501 rows in the chain, 0 failed"
 
 
+def test_chain_tree_names_a_parent_link_the_projector_dropped() -> None:
+    note = {"parent_id": str(uuid.UUID(int=7)), "reason": "closes a cycle"}
+    broken = row(1, metadata={"factflow.parent_cycle": note})
+    chain = ChainResult(target=broken.id, nodes=(broken,), truncated=False, max_nodes=10)
+    first = fmt.chain_tree(chain).splitlines()[0]
+    assert first.startswith(f"o {broken.id}")
+    assert f"(parent {uuid.UUID(int=7)} dropped: a parent cycle)" in first
+
+
 def test_json_is_one_document_with_strings_for_ids_and_iso_times() -> None:
     failed = row(3, status="failed", error=BOOM, metadata={"input_key": "k", "n": 1})
     page = Page(rows=(failed,), next_cursor="abc")
