@@ -12,26 +12,46 @@ any order and any duplication of the batch's events:
 * terminal: the largest ``(rank, occurred_at, event_id)`` with rank
   failed 3 > cancelled 2 > completed 1 (an execution's finish likewise).
 
-Events PostgreSQL cannot store faithfully (NUL characters, timestamps outside
-years 1-9999, negative child counts, a payload that does not match its type)
-and rows named their own parent (a cycle no counter could settle) are
-rejected with a reason instead of failing the whole batch; events of a type
-this release does not know (``UNKNOWN``) are ignored.
+Values PostgreSQL cannot hold (NUL characters, times outside years 1-9999,
+child counts that are not an int4, NaN, route names too long for an index)
+are repaired and noted on the row, by the policy of
+``factflow_lineage._repair`` that the recorder applies too: a fact is never
+lost for a value. Only events whose shape does not match their type (a
+field missing or of the wrong type, an id that is not 16 bytes, an unknown
+type or status) and rows named their own parent (a cycle no counter could
+settle) are rejected with a reason instead of failing the whole batch;
+events of a type this release does not know (``UNKNOWN``) are ignored.
+
+Where a note goes (the row layout has no column for it): a start's into its
+metadata under ``factflow.repaired``, an execution start's likewise, an
+invocation's terminal event's into the row's ``error`` jsonb under
+``repaired`` (beside class, message and traceback of a failure; alone for a
+completed or cancelled row), an execution finish's as the last line of the
+execution's ``error`` text. Each comes from the winning event alone, so the
+tables stay a function of the set of events.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Microseconds since 1970-01-01 of 0001-01-01 and of 9999-12-31T23:59:59.999999:
-# the range a Python datetime (the read side) can hold.
-MIN_MICROS = -62_135_596_800_000_000
-MAX_MICROS = 253_402_300_799_999_999
-MAX_INT4 = 2**31 - 1
+from factflow_lineage._repair import (
+    INDEXED_TEXT_BYTES,
+    MAX_INT4,
+    MAX_MICROS,
+    MIN_MICROS,
+    join_notes,
+    repair_event,
+    split_note,
+)
+
+# An indexed text of at most this many characters fits its bound whatever
+# they are (no UTF-8 character is longer than 4 bytes).
+_SHORT_TEXT = INDEXED_TEXT_BYTES // 4
 # Unix epoch -> PostgreSQL epoch (2000-01-01), in microseconds.
 PG_EPOCH_MICROS = 946_684_800_000_000
 JSONB_VERSION = "\x01"
@@ -122,13 +142,13 @@ class _Invalid(Exception):
 
 
 def invalid_reason(event: Mapping[str, Any]) -> str | None:
-    """Why ``event`` cannot be projected, or None when it can (or is ignored)."""
+    """Why ``event`` cannot be projected, or None when it can (repaired, if need
+    be) or is ignored."""
     try:
-        _check(event)
-    except _Invalid as e:
-        return str(e)
-    except (KeyError, TypeError, AttributeError) as e:
-        return _malformed(e)
+        if _check(event) is not None:
+            repair_event(event)
+    except (_Invalid, KeyError, TypeError, AttributeError) as e:
+        return _why(e)
     return None
 
 
@@ -141,11 +161,60 @@ def plan(events: Sequence[Mapping[str, Any]]) -> Plan:
     rows: dict[bytes, _Slot] = {}
     execs: dict[bytes, _Slot] = {}
     rejected: list[RejectedEvent] = []
+    # id(event) -> the note of a repaired terminal event (the row's error.repaired)
+    notes: dict[int, str] = {}
+    retry: list[tuple[int, Mapping[str, Any]]] = []
+    ignored = _place(enumerate(events), rows, execs, notes, retry, rejected)
+    if retry:
+        # The events the fast checks refused: repaired (a copy), or rejected
+        # with a reason when their shape is wrong. Placed after the others,
+        # which changes nothing: the winners are total orders.
+        fixed: list[tuple[int, Mapping[str, Any]]] = []
+        for index, event in retry:
+            try:
+                if _check(event) is None:
+                    ignored += 1
+                    continue
+                repaired, note = repair_event(event)
+            except (_Invalid, KeyError, TypeError, AttributeError) as e:
+                rejected.append(RejectedEvent(index=index, reason=_why(e)))
+                continue
+            if note is not None:
+                notes[id(repaired)] = note
+            fixed.append((index, repaired))
+        ignored += _place(fixed, rows, execs, notes, None, rejected)
+        rejected.sort(key=lambda r: r.index)
+    return Plan(
+        # Lineage rows in the order they first appear (roughly time order, which
+        # keeps the inserts near the right edge of the time-ordered indexes).
+        lineage=[_lineage_row(lid, slot, notes) for lid, slot in rows.items()],
+        # Execution rows in id order: the order in which every writer locks them.
+        executions=[_execution_row(xid, execs[xid]) for xid in sorted(execs)],
+        events=len(events),
+        ignored=ignored,
+        rejected=tuple(rejected),
+    )
+
+
+def _place(
+    events: Iterable[tuple[int, Mapping[str, Any]]],
+    rows: dict[bytes, _Slot],
+    execs: dict[bytes, _Slot],
+    notes: dict[int, str],
+    retry: list[tuple[int, Mapping[str, Any]]] | None,
+    rejected: list[RejectedEvent],
+) -> int:
+    """Put each event into the slot of its id where it wins; the number ignored.
+
+    An event the fast checks refuse goes to ``retry`` (to be repaired), or,
+    when ``retry`` is None (it was repaired already), is rejected.
+    """
     ignored = 0
     # The two kinds that make up nearly every batch are checked inline (a
     # function call per field costs more than the check); anything unusual
-    # goes through _check, which also words the reason for a rejection.
-    for index, event in enumerate(events):
+    # goes through _check and repair_event, which also word the reason for a
+    # rejection.
+    for index, event in events:
         try:
             kind = event["event_type"]
             at = event["occurred_at"]
@@ -169,8 +238,16 @@ def plan(events: Sequence[Mapping[str, Any]]) -> Plan:
                     and (batch is None or len(batch) == 16)
                     and type(route) is str
                     and "\x00" not in route
+                    and (
+                        len(route) <= _SHORT_TEXT
+                        or len(route.encode("utf-8")) <= INDEXED_TEXT_BYTES
+                    )
                     and type(adapter) is str
                     and "\x00" not in adapter
+                    and (
+                        len(adapter) <= _SHORT_TEXT
+                        or len(adapter.encode("utf-8")) <= INDEXED_TEXT_BYTES
+                    )
                     and (
                         input_hash is None or (type(input_hash) is str and "\x00" not in input_hash)
                     )
@@ -180,10 +257,14 @@ def plan(events: Sequence[Mapping[str, Any]]) -> Plan:
                 for key, item in p["metadata"].items():
                     if type(key) is not str or "\x00" in key:
                         raise _Invalid
-                    if type(item) is str:
+                    item_type = type(item)
+                    if item_type is str:
                         if "\x00" in item:
                             raise _Invalid
-                    elif type(item) not in _SCALARS:
+                    elif item_type is float:
+                        if item - item:  # NaN for NaN and the infinities, 0.0 otherwise
+                            raise _Invalid
+                    elif item_type not in _SCALARS:
                         raise _Invalid
                 slot = rows.get(lid)
                 if slot is None:
@@ -211,11 +292,16 @@ def plan(events: Sequence[Mapping[str, Any]]) -> Plan:
                     raise _Invalid
                 status, rank = "completed", 1
             else:
-                # Rare kinds: checked the slow way.
+                # Rare kinds: checked and repaired the slow way, always.
                 checked = _check(event)
                 if checked is None:
                     ignored += 1
                     continue
+                event, note = repair_event(event)
+                if note is not None:
+                    notes[id(event)] = note
+                at = event["occurred_at"]
+                p = event["payload"]
                 if checked == EXECUTION_STARTED:
                     xid = p["execution_id"]
                     x_slot = execs.get(xid)
@@ -240,8 +326,12 @@ def plan(events: Sequence[Mapping[str, Any]]) -> Plan:
                     continue
                 lid = p["lineage_id"]
                 status, rank = TERMINAL[checked]
-        except (_Invalid, KeyError, TypeError, AttributeError):
-            rejected.append(RejectedEvent(index=index, reason=_reason(event)))
+        except (_Invalid, KeyError, TypeError, AttributeError, ValueError) as e:
+            if retry is not None:
+                retry.append((index, event))
+            else:
+                reason = _why(e) if str(e) else _reason(event)
+                rejected.append(RejectedEvent(index=index, reason=reason))
             continue
         end_key = (rank, at, event_id)
         slot = rows.get(lid)
@@ -251,16 +341,13 @@ def plan(events: Sequence[Mapping[str, Any]]) -> Plan:
             slot[2] = end_key
             slot[3] = status
             slot[4] = event
-    return Plan(
-        # Lineage rows in the order they first appear (roughly time order, which
-        # keeps the inserts near the right edge of the time-ordered indexes).
-        lineage=[_lineage_row(lid, slot) for lid, slot in rows.items()],
-        # Execution rows in id order: the order in which every writer locks them.
-        executions=[_execution_row(xid, execs[xid]) for xid in sorted(execs)],
-        events=len(events),
-        ignored=ignored,
-        rejected=tuple(rejected),
-    )
+    return ignored
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, _Invalid | TypeError) and str(error):
+        return str(error)
+    return _malformed(error)
 
 
 def _reason(event: Mapping[str, Any]) -> str:
@@ -271,7 +358,7 @@ _NO_START = (None,) * 11
 _NO_END = (None,) * 9
 
 
-def _lineage_row(lid: bytes, slot: _Slot) -> Row:
+def _lineage_row(lid: bytes, slot: _Slot, notes: dict[int, str]) -> Row:
     start = slot[1]
     end = slot[4]
     if start is None:
@@ -304,6 +391,9 @@ def _lineage_row(lid: bytes, slot: _Slot) -> Row:
             return (lid, *head, *_NO_END)
     status = slot[3]
     p = end["payload"]
+    # The terminal event's note: the planner's (a repaired copy's), after the
+    # recorder's, which rides as the last line of a traceback or a reason.
+    note = notes.get(id(end)) if notes else None
     if status == "completed":
         tail: Row = (
             end["event_id"],
@@ -311,21 +401,30 @@ def _lineage_row(lid: bytes, slot: _Slot) -> Row:
             1,
             p["execution_id"],
             p["output_hash"],
-            None,
+            None if note is None else dump_json({"repaired": note}),
             None,
             end["occurred_at"] - PG_EPOCH_MICROS,
             p["children"],
         )
     else:
         error = None
+        reason = None
         if status == "failed":
-            error = dump_json(
-                {
-                    "class": p["error_class"],
-                    "message": p["error_message"],
-                    "traceback": p["traceback"],
-                }
-            )
+            traceback, lifted = split_note(p["traceback"])
+            failure = {
+                "class": p["error_class"],
+                "message": p["error_message"],
+                "traceback": traceback,
+            }
+            note = join_notes(lifted, note)
+            if note is not None:
+                failure["repaired"] = note
+            error = dump_json(failure)
+        else:
+            reason, lifted = split_note(p["reason"])
+            note = join_notes(lifted, note)
+            if note is not None:
+                error = dump_json({"repaired": note})
         tail = (
             end["event_id"],
             status,
@@ -333,7 +432,7 @@ def _lineage_row(lid: bytes, slot: _Slot) -> Row:
             p["execution_id"],
             None,
             error,
-            p["reason"] if status == "cancelled" else None,
+            reason,
             end["occurred_at"] - PG_EPOCH_MICROS,
             p["children"],
         )
@@ -423,19 +522,16 @@ def _malformed(e: Exception) -> str:
 def _check(event: Mapping[str, Any]) -> str | None:
     """The event's type when it can be projected, None when it is to be ignored.
 
-    Raises _Invalid, or KeyError/TypeError/AttributeError for a payload of the
-    wrong shape. Types the codec guarantees are checked only as far as a wrong
-    one would reach PostgreSQL: ids by their length, strings by NUL characters
-    (which PostgreSQL text cannot hold).
+    Checks only the shape: raises _Invalid, or KeyError/TypeError/AttributeError
+    for a payload that does not match its type. Types the codec guarantees are
+    checked only as far as a wrong one would reach PostgreSQL (ids by their
+    length); the values are repair_event's (text types and scalars too).
     """
     kind = event["event_type"]
     if kind in IGNORED_TYPES:
         return None
     if len(event["event_id"]) != 16:
         raise _Invalid("event_id is not a 16-byte UUID")
-    at = event["occurred_at"]
-    if type(at) is not int or not MIN_MICROS <= at <= MAX_MICROS:
-        raise _Invalid(f"occurred_at {at!r} is outside years 1-9999")
     p = event["payload"]
     if kind == STARTED:
         lid = p["lineage_id"]
@@ -452,61 +548,18 @@ def _check(event: Mapping[str, Any]) -> str | None:
         if parent == lid:
             # A row its own parent would make a cycle no counter could settle.
             raise _Invalid("parent_id equals lineage_id")
-        _text(p["route_id"], "route_id")
-        _text(p["adapter_name"], "adapter_name")
-        _optional_text(p["input_hash"], "input_hash")
-        _optional_text(p["input_key"], "input_key")
-        _metadata(p["metadata"])
     elif kind in TERMINAL:
         if len(p["lineage_id"]) != 16 or len(p["execution_id"]) != 16:
             raise _Invalid("an id of the terminal event is not a 16-byte UUID")
-        children = p["children"]
-        if type(children) is not int or not 0 <= children <= MAX_INT4:
-            raise _Invalid(f"children {children!r} is not a count")
-        if kind == "INVOCATION_COMPLETED":
-            _optional_text(p["output_hash"], "output_hash")
-        elif kind == "INVOCATION_FAILED":
-            _text(p["error_class"], "error_class")
-            _text(p["error_message"], "error_message")
-            _optional_text(p["traceback"], "traceback")
-        else:
-            _optional_text(p["reason"], "reason")
     elif kind == EXECUTION_STARTED:
         replay_of = p.get("replay_of")
         if len(p["execution_id"]) != 16 or (replay_of is not None and len(replay_of) != 16):
             raise _Invalid("an id of the execution start is not a 16-byte UUID")
-        _text(p["pipeline"], "pipeline")
-        _optional_text(p.get("replay_from_stage"), "replay_from_stage")
-        _metadata(p["metadata"])
     elif kind == EXECUTION_FINISHED:
         if len(p["execution_id"]) != 16:
             raise _Invalid("execution_id is not a 16-byte UUID")
         if p["status"] not in FINISHED:
             raise _Invalid(f"unknown execution status {p['status']!r}")
-        _optional_text(p["error"], "error")
     else:
         raise _Invalid(f"unknown event type {kind!r}")
     return str(kind)
-
-
-def _text(value: Any, name: str) -> None:
-    if type(value) is not str:
-        raise _Invalid(f"{name} is not a string")
-    if "\x00" in value:
-        raise _Invalid(f"{name} contains a NUL character")
-
-
-def _optional_text(value: Any, name: str) -> None:
-    if value is not None:
-        _text(value, name)
-
-
-def _metadata(value: Mapping[str, Any]) -> None:
-    for key, item in value.items():
-        _text(key, "metadata key")
-        kind = type(item)
-        if kind is str:
-            if "\x00" in item:
-                raise _Invalid(f"metadata[{key!r}] contains a NUL character")
-        elif kind not in _SCALARS:
-            raise _Invalid(f"metadata[{key!r}] is not a scalar")

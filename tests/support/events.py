@@ -376,11 +376,27 @@ def batches(events: list[Event], size: int) -> Iterator[list[Event]]:
 
 # --- adversarial scenarios (hypothesis) ----------------------------------------------
 
-_ROUTES = (("fetch", "web_scraper"), ("fetch", "sitemap_parser"), ("store", "writer"))
+# Hostile values (NUL, long names, NaN, times and counts out of range) are
+# repaired by the projector and the reference model alike (factflow_lineage._repair).
+# No lone surrogates: no decoded event holds one (the codec decodes strict UTF-8).
+_ROUTES = (
+    ("fetch", "web_scraper"),
+    ("fetch", "sitemap_parser"),
+    ("store", "writer"),
+    ("fetch\x00", "web_scraper"),
+    ("r" * 1100, "é" * 300),
+)
 _TEXT = st.text(
     alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     max_size=6,
 )
+_HOSTILE_TEXT = st.one_of(_TEXT, st.text(alphabet="a\x00\ufffd", min_size=1, max_size=4))
+# Texts that may end with the note line the recorder appends (factflow.repaired).
+_NOTED_TEXT = st.sampled_from(
+    [None, "tb", "tb\x00", "tb\n[factflow.repaired: error_message: x]", "[factflow.repaired: y]"]
+)
+# Out-of-range times, drawn now and then instead of a tick: they clamp to years 1-9999.
+_FAR = (253_402_300_799_999_999 + 1, 253_402_300_799_999_999 + 2, -62_135_596_800_000_000 - 1)
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -389,9 +405,13 @@ _SCALARS = st.one_of(
     # not its exact value, and it would come back as a different number.
     st.floats(min_value=-1e15, max_value=1e15),
     st.sampled_from([float("nan"), float("inf"), float("-inf")]),
-    _TEXT,
+    _HOSTILE_TEXT,
 )
-_METADATA = st.dictionaries(st.sampled_from(["a", "b", "input_key", "é"]), _SCALARS, max_size=3)
+_METADATA = st.dictionaries(
+    st.sampled_from(["a", "b", "input_key", "é", "k\x00", "k\ufffd", "factflow.repaired"]),
+    _SCALARS,
+    max_size=3,
+)
 _TERMINALS = ("completed",) * 5 + ("failed", "cancelled", None, None)
 
 
@@ -410,7 +430,7 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
     """
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     b = EventBuilder(rng)
-    tick = st.integers(0, 12).map(lambda t: T0 + t * 1000)
+    tick = st.integers(0, 15).map(lambda t: T0 + t * 1000 if t <= 12 else _FAR[t - 13])
     execs = [num_uid(i + 1, 0xE) for i in range(draw(st.integers(1, 3)))]
     batch_ids = [None, None, num_uid(1, 0xB), num_uid(2, 0xB)]
     n = draw(st.integers(1, max_rows))
@@ -436,9 +456,9 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
             route_id=route,
             adapter_name=adapter,
             at=draw(tick),
-            input_hash=draw(st.sampled_from([None, "h1", "h2"])),
+            input_hash=draw(st.sampled_from([None, "h1", "h2", "h\x00"])),
             batch_id=draw(st.sampled_from(batch_ids)),
-            input_key=draw(st.sampled_from([None, "s3://in/1", "k"])),
+            input_key=draw(st.sampled_from([None, "s3://in/1", "k", "k\x00"])),
             metadata=draw(_METADATA),
         )
 
@@ -462,7 +482,16 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
             status = draw(st.sampled_from(_TERMINALS))
             if status is None or (extra and draw(st.integers(0, 5)) > 0):
                 continue
-            children = max(0, announced[i] + draw(st.sampled_from([0, 0, 0, 0, 1, -1, 2])))
+            delta = draw(st.sampled_from([0, 0, 0, 0, 1, -1, 2, -(2**31), 2**31]))
+            # Beyond int4 either way now and then: clamped to a count.
+            children = delta if abs(delta) == 2**31 else max(0, announced[i] + delta)
+            texts: dict[str, Any] = {}
+            if status == "failed":
+                texts = {"error_message": draw(_HOSTILE_TEXT), "traceback": draw(_NOTED_TEXT)}
+            elif status == "cancelled":
+                texts = {"reason": draw(_NOTED_TEXT)}
+            else:
+                texts = {"output_hash": draw(st.sampled_from([None, "o", "o\x00"]))}
             events.append(
                 b.terminal(
                     status,
@@ -470,6 +499,7 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
                     execution_id=execs[roots[i] % len(execs)],
                     at=draw(tick),
                     children=children,
+                    **texts,
                 )
             )
     for x in execs:
@@ -479,10 +509,10 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
                     b.execution_started(
                         execution_id=x,
                         at=draw(tick),
-                        pipeline=draw(st.sampled_from(["ingest", "replay"])),
+                        pipeline=draw(st.sampled_from(["ingest", "replay", "p\x00"])),
                         metadata=draw(_METADATA),
                         replay_of=draw(st.sampled_from([None, execs[0]])),
-                        replay_from_stage=draw(st.sampled_from([None, "fetch"])),
+                        replay_from_stage=draw(st.sampled_from([None, "fetch", "f\x00"])),
                     )
                 )
             if draw(st.integers(0, 9)) < (6 if not extra else 2):
@@ -491,7 +521,7 @@ def scenarios(draw: st.DrawFn, max_rows: int = 16) -> list[Event]:
                         execution_id=x,
                         at=draw(tick),
                         status=draw(st.sampled_from(["COMPLETED", "FAILED", "CANCELLED"])),
-                        error=draw(st.sampled_from([None, "stage fetch failed"])),
+                        error=draw(st.sampled_from([None, "stage fetch failed", "e\x00"])),
                     )
                 )
     if draw(st.integers(0, 19)) == 0:

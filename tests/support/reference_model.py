@@ -6,6 +6,11 @@ works incrementally, batch by batch) can be checked against it.
 
 Rules (the same as ``factflow_lineage.consumer``):
 
+* every event is first repaired as ``factflow_lineage._repair.repair_event``
+  does (NUL, lone surrogates, NaN, times and counts out of range, long
+  routes), its note in the start's metadata, the terminal event's in the
+  row's error (``repaired``), the execution finish's in its error text;
+
 * the start of a row is its start event with the smallest (occurred_at,
   event_id); its terminal event the one with the largest (rank, occurred_at,
   event_id), rank failed 3 > cancelled 2 > completed 1 (an execution's finish
@@ -40,6 +45,8 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from factflow_lineage._repair import join_notes, repair_event, split_note
+
 LINEAGE_COLUMNS = (
     "id", "execution_id", "root_id", "parent_id", "route_id", "adapter_name", "status",
     "input_hash", "output_hash", "error", "cancel_reason", "started_at", "completed_at",
@@ -72,6 +79,7 @@ _TERMINAL = {
     "INVOCATION_CANCELLED": "cancelled",
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_REPAIRED = {"INVOCATION_STARTED", *_TERMINAL, "EXECUTION_STARTED", "EXECUTION_FINISHED"}
 
 
 def _u(b: bytes | None) -> UUID | None:
@@ -110,7 +118,17 @@ def project(events: Iterable[Mapping[str, Any]]) -> Tables:
             b[1]["event_id"],
         )
 
+    # id(event) -> the note of a repaired terminal event; the copies are kept
+    # alive so that no id is reused.
+    notes: dict[int, str] = {}
+    repaired: list[Mapping[str, Any]] = []
     for e in events:
+        if e["event_type"] in _REPAIRED:
+            # What the tables cannot hold is repaired as the projector does.
+            e, note = repair_event(e)
+            repaired.append(e)
+            if note is not None:
+                notes[id(e)] = note
         kind, p = e["event_type"], e["payload"]
         if kind == "INVOCATION_STARTED":
             cur = start.get(p["lineage_id"])
@@ -151,20 +169,30 @@ def project(events: Iterable[Mapping[str, Any]]) -> Tables:
         if lid in end:
             status, e = end[lid]
             p = e["payload"]
+            # A terminal note: the recorder's (a traceback's or reason's last
+            # line), then the projector's; kept in the error column.
+            reason = traceback = lifted = None
+            if status == "cancelled":
+                reason, lifted = split_note(p["reason"])
+            elif status == "failed":
+                traceback, lifted = split_note(p["traceback"])
+            note = join_notes(lifted, notes.get(id(e)))
+            error: dict[str, Any] | None = {"repaired": note} if note is not None else None
+            if status == "failed":
+                error = {
+                    "class": p["error_class"],
+                    "message": p["error_message"],
+                    "traceback": traceback,
+                    **(error or {}),
+                }
             r.update(
                 status=status,
                 completed_at=_ts(e["occurred_at"]),
                 terminal_event_id=e["event_id"],
                 children_expected=p["children"],
                 output_hash=p["output_hash"] if status == "completed" else None,
-                cancel_reason=p["reason"] if status == "cancelled" else None,
-                error={
-                    "class": p["error_class"],
-                    "message": p["error_message"],
-                    "traceback": p["traceback"],
-                }
-                if status == "failed"
-                else None,
+                cancel_reason=reason,
+                error=error,
             )
             if lid not in start:
                 r["execution_id"] = p["execution_id"]
