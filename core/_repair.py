@@ -222,7 +222,7 @@ def repair_count(notes: Notes, field: str, value: int) -> int:
 
 # The text fields of each payload: name -> (optional, bound). Ids, enums and
 # counts are not text; ``metadata`` is repaired by repair_metadata.
-_TEXT_FIELDS: Final[dict[str, tuple[tuple[str, bool, int | None], ...]]] = {
+TEXT_FIELDS: Final[dict[str, tuple[tuple[str, bool, int | None], ...]]] = {
     "INVOCATION_STARTED": (
         ("route_id", False, INDEXED_TEXT_BYTES),
         ("adapter_name", False, INDEXED_TEXT_BYTES),
@@ -250,7 +250,7 @@ def repair_payload(event_type: str, payload: Mapping[str, Any], notes: Notes) ->
     Raises KeyError or TypeError for a payload that does not match its type.
     """
     out = dict(payload)
-    for field, optional, bound in _TEXT_FIELDS[event_type]:
+    for field, optional, bound in TEXT_FIELDS[event_type]:
         if optional:
             # replay_from_stage came in v2, with a default: v1 events lack it.
             value = payload.get(field) if field == "replay_from_stage" else payload[field]

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, overload
 
+from factflow_lineage._repair import Notes, truncate
 from factflow_lineage.schemas import EventType, ExecutionStatus
 
-from ._events import error_class, format_traceback, safe_str, truncate, valid_text
+from ._events import error_class, format_traceback, safe_str, valid_text
 from ._hashing import OutputHasher, content_hash
-from ._ids import new_time_id, parse_id
+from ._ids import new_time_id, parse_id, unprintable_id
 from ._ref import LineageRef, parse_parent
 
 if TYPE_CHECKING:
@@ -41,6 +42,26 @@ _ENDED: Final = 2
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else valid_text(value)
+
+
+def _noted(notes: Notes | None, field: str, what: str) -> Notes:
+    """``notes`` (made on the first problem: the common path makes none) plus one."""
+    if notes is None:
+        notes = Notes()
+    notes.add(field, what)
+    return notes
+
+
+def _why(error: BaseException) -> str:
+    """An exception as a note names it: its class and the head of its message."""
+    return f"{type(error).__name__}: {truncate(safe_str(error), 200)}"
+
+
+def _unreadable_id(error: BaseException, derived: bytes) -> str:
+    return (
+        f"could not be read ({type(error).__name__}); filed under "
+        f"{uuid.UUID(bytes=derived)}, the UUIDv5 of its type's name"
+    )
 
 
 class Invocation:
@@ -76,6 +97,7 @@ class Invocation:
         input_key: Any,
         input_hash: Any,
         batch_bytes: bytes | None = None,
+        notes: Notes | None = None,
     ) -> None:
         lineage = new_time_id()
         self._rec = recorder
@@ -86,11 +108,18 @@ class Invocation:
         self._hasher: OutputHasher | None = None
         self._ref: LineageRef | None = None
         self._state = _RUNNING
+        # Whatever the caller passed, the start is emitted with every field
+        # that could be taken; what could not is noted on the row (``notes``,
+        # made only then) and counted in ``repaired``, never a reason to drop it.
         try:
             if type(execution_id) is Execution:  # the common case, without a UUID object
                 execution, coerced = execution_id._id, False
             else:
-                execution, coerced = parse_id(execution_id)
+                try:
+                    execution, coerced = parse_id(execution_id)
+                except Exception as e:  # a user's object whose __str__ (or .id) raises
+                    execution, coerced = unprintable_id(execution_id), False
+                    notes = _noted(notes, "execution_id", _unreadable_id(e, execution))
             if coerced:
                 recorder._log.warning(
                     "id",
@@ -102,36 +131,42 @@ class Invocation:
             if parent is not None:
                 try:
                     parsed = parse_parent(parent)
-                except (ValueError, TypeError) as e:
-                    recorder._internal_error("invocation-parent", e)
+                except Exception as e:  # ValueError, TypeError, or a user's object raising
+                    notes = _noted(
+                        notes, "parent", f"not a parent ({_why(e)}); recorded as a chain root"
+                    )
                     parsed = None
                 if parsed is not None:
                     parent_id, self._root = parsed
             if input_hash is None and input is not None:
                 try:
                     input_hash = content_hash(input)
-                except TypeError as e:
+                except Exception as e:  # TypeError, or a user's mapping raising inside
                     recorder._hash_failed("input", e)
+                    notes = _noted(
+                        notes, "input_hash", f"the input could not be hashed ({_why(e)})"
+                    )
             if batch_bytes is None and batch_id is not None:
-                batch_bytes = parse_id(batch_id)[0]
-            recorder._emit(
-                _STARTED,
-                self._root,
-                {
-                    "lineage_id": lineage,
-                    "execution_id": execution,
-                    "root_id": self._root,
-                    "parent_id": parent_id,
-                    "route_id": route_id if type(route_id) is str else _text(route_id),
-                    "adapter_name": adapter_name
-                    if type(adapter_name) is str
-                    else _text(adapter_name),
-                    "input_hash": input_hash,
-                    "batch_id": batch_bytes,
-                    "input_key": input_key,
-                    "metadata": _NO_METADATA if metadata is None else metadata,
-                },
-            )
+                try:
+                    batch_bytes = parse_id(batch_id)[0]
+                except Exception as e:
+                    batch_bytes = unprintable_id(batch_id)
+                    notes = _noted(notes, "batch_id", f"could not be read ({type(e).__name__})")
+            payload = {
+                "lineage_id": lineage,
+                "execution_id": execution,
+                "root_id": self._root,
+                "parent_id": parent_id,
+                "route_id": route_id if type(route_id) is str else _text(route_id),
+                "adapter_name": adapter_name if type(adapter_name) is str else _text(adapter_name),
+                "input_hash": input_hash,
+                "batch_id": batch_bytes,
+                "input_key": input_key,
+                "metadata": _NO_METADATA if metadata is None else metadata,
+            }
+            if notes is not None:
+                payload = recorder._fit(_STARTED, payload, notes)
+            recorder._emit(_STARTED, self._root, payload)
         except Exception as e:
             recorder._internal_error("invocation", e)
 
@@ -178,17 +213,18 @@ class Invocation:
                     self.id,
                 )
                 return self.ref
+            # Counted first: whatever hashing does, the output was recorded.
+            self._children += 1
             if content_hash is None and data is not None:
                 try:
                     content_hash = _content_hash(data)
-                except TypeError as e:
+                except Exception as e:  # TypeError, or a user's mapping raising inside
                     self._rec._hash_failed("output", e)
             if content_hash is not None:
                 hasher = self._hasher
                 if hasher is None:
                     hasher = self._hasher = OutputHasher()
                 hasher.add(content_hash if type(content_hash) is str else safe_str(content_hash))
-            self._children += 1
         except Exception as e:
             self._rec._internal_error("output", e)
         return self.ref
@@ -271,6 +307,17 @@ class Invocation:
 _content_hash = content_hash  # output() has a parameter of that name
 
 
+def _taken(values: Iterable[Any]) -> tuple[list[Any], str | None]:
+    """The items of ``values`` until it ends or raises, and what it raised."""
+    out: list[Any] = []
+    try:
+        for value in values:
+            out.append(value)
+    except Exception as e:  # a user's iterator failing midway
+        return out, type(e).__name__
+    return out, None
+
+
 class Batch(Sequence[Invocation]):
     """One invocation per input message, all sharing one batch id.
 
@@ -297,35 +344,50 @@ class Batch(Sequence[Invocation]):
         self._batch = new_time_id()
         self._items: tuple[Invocation, ...] = ()
         try:
-            values = list(inputs)
-            parent_list = list(parents) if parents is not None else []
-            key_list = list(input_keys) if input_keys is not None else []
-            if (parents is not None and len(parent_list) != len(values)) or (
-                input_keys is not None and len(key_list) != len(values)
+            # What could be read is recorded: the inputs taken before an
+            # iterator raised, and none of parents or keys that cannot be read;
+            # every item notes what its batch lost.
+            lost: list[tuple[str, str]] = []
+            values, broken = _taken(inputs)
+            if broken is not None:
+                lost.append(("inputs", f"reading them raised {broken} after {len(values)}"))
+            parent_list: list[Any] = []
+            key_list: list[Any] = []
+            for field, given, out in (
+                ("parents", parents, parent_list),
+                ("input_keys", input_keys, key_list),
             ):
-                recorder._internal_error(
-                    "batch",
-                    ValueError(
-                        f"batch of {len(values)} inputs with {len(parent_list)} parents "
-                        f"and {len(key_list)} input keys; missing ones recorded as none"
-                    ),
+                if given is None:
+                    continue
+                out[:], broken = _taken(given)
+                if broken is not None:
+                    lost.append((field, f"reading them raised {broken} after {len(out)}"))
+                if len(out) != len(values):
+                    lost.append((field, f"{len(out)} given for {len(values)} inputs"))
+            if lost:
+                recorder._log.warning("batch", "lineage: batch of %d inputs: %s", len(values), lost)
+            items = []
+            for i, value in enumerate(values):
+                notes = None
+                for field, what in lost:
+                    notes = _noted(notes, field, what)
+                items.append(
+                    Invocation(
+                        recorder,
+                        execution_id,
+                        route_id,
+                        adapter_name,
+                        value,
+                        parent_list[i] if i < len(parent_list) else None,
+                        None,
+                        metadata,
+                        key_list[i] if i < len(key_list) else None,
+                        None,
+                        self._batch,
+                        notes,
+                    )
                 )
-            self._items = tuple(
-                Invocation(
-                    recorder,
-                    execution_id,
-                    route_id,
-                    adapter_name,
-                    value,
-                    parent_list[i] if i < len(parent_list) else None,
-                    None,
-                    metadata,
-                    key_list[i] if i < len(key_list) else None,
-                    None,
-                    self._batch,
-                )
-                for i, value in enumerate(values)
-            )
+            self._items = tuple(items)
         except Exception as e:
             recorder._internal_error("batch", e)
 
@@ -393,21 +455,31 @@ class Execution:
         self._id = new_time_id()
         self._state = _RUNNING
         try:
+            notes: Notes | None = None
             if execution_id is not None:
-                self._id = parse_id(execution_id)[0]
-            recorder._emit(
-                _EXECUTION_STARTED,
-                self._id,
-                {
-                    "execution_id": self._id,
-                    "pipeline": _text(pipeline),
-                    "metadata": _NO_METADATA if metadata is None else metadata,
-                    "replay_of": None if replay_of is None else parse_id(replay_of)[0],
-                    "replay_from_stage": None
-                    if replay_from_stage is None
-                    else _text(replay_from_stage),
-                },
-            )
+                try:
+                    self._id = parse_id(execution_id)[0]
+                except Exception as e:  # a user's object whose __str__ (or .id) raises
+                    self._id = unprintable_id(execution_id)
+                    notes = _noted(notes, "execution_id", _unreadable_id(e, self._id))
+            replay: bytes | None = None
+            if replay_of is not None:
+                try:
+                    replay = parse_id(replay_of)[0]
+                except Exception as e:
+                    notes = _noted(notes, "replay_of", f"could not be read ({type(e).__name__})")
+            payload = {
+                "execution_id": self._id,
+                "pipeline": _text(pipeline),
+                "metadata": _NO_METADATA if metadata is None else metadata,
+                "replay_of": replay,
+                "replay_from_stage": None
+                if replay_from_stage is None
+                else _text(replay_from_stage),
+            }
+            if notes is not None:
+                payload = recorder._fit(_EXECUTION_STARTED, payload, notes)
+            recorder._emit(_EXECUTION_STARTED, self._id, payload)
         except Exception as e:
             recorder._internal_error("execution", e)
 
@@ -428,7 +500,7 @@ class Execution:
                 {
                     "execution_id": self._id,
                     "status": status,
-                    "error": None if error is None else truncate(error, limit),
+                    "error": None if error is None else truncate(_text(error), limit),
                 },
             )
         except Exception as e:

@@ -1,15 +1,35 @@
 """Making user data fit the event contract: bounded text, encodable metadata.
 
 The hot path never calls these: it hands the user's values to the codec as they
-are and only comes here when the codec refuses them or the event is too big.
+are and only comes here when the codec refuses them or the event is too big,
+or when the caller passed something it could not take (see ``fit_payload``).
+
+What the contract carries but the tables cannot hold (NUL, NaN, long routes)
+travels as given: the projector repairs it, by the same policy
+(``factflow_lineage._repair``), so the topic keeps the fact as it was told.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import traceback
 from collections.abc import Mapping, Set
 from typing import Any, Final
+
+from factflow_lineage._repair import (
+    NOTED_IN_METADATA,
+    REPLACEMENT,
+    TEXT_FIELDS,
+    Notes,
+    append_note,
+    name,
+    repair_payload,
+    truncate,
+    with_note,
+)
+
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
 
 _LONG_MIN: Final = -(1 << 63)
 _LONG_MAX: Final = (1 << 63) - 1
@@ -18,38 +38,20 @@ _LONG_MAX: Final = (1 << 63) - 1
 SHRUNK_FIELD_BYTES: Final = 1024
 
 
-def truncate(text: str, max_bytes: int) -> str:
-    """``text`` if its UTF-8 form fits ``max_bytes``, else its head and tail with
-    a marker saying how much was cut in between.
-
-    Tracebacks need both ends: the head says where the call came from, the tail
-    holds the innermost frames and the exception itself.
-    """
-    if len(text) * 4 <= max_bytes:  # no UTF-8 character is longer than 4 bytes
-        return text
-    raw = text.encode("utf-8", "replace")  # "replace": lone surrogates become "?"
-    if len(raw) <= max_bytes:
-        return raw.decode("utf-8")
-    marker_room = 64
-    keep = max(max_bytes - marker_room, 0)
-    head = keep // 2
-    tail = keep - head
-    cut = len(raw) - head - tail
-    # errors="ignore" drops a character split by the cut instead of failing on it.
-    return (
-        raw[:head].decode("utf-8", "ignore")
-        + f"\n[... {cut} bytes cut ...]\n"
-        + raw[len(raw) - tail :].decode("utf-8", "ignore")
-    )
-
-
 def valid_text(value: object, max_bytes: int | None = None) -> str:
-    """``value`` as a str that UTF-8 can encode, cut to ``max_bytes`` if given."""
-    text = value if isinstance(value, str) else safe_str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates, e.g. from os.fsdecode
-        text = text.encode("utf-8", "replace").decode("utf-8")
+    """``value`` as a str that UTF-8 can encode, cut to ``max_bytes`` if given
+    (lone surrogates become U+FFFD, as ``factflow_lineage._repair`` says)."""
+    if type(value) is str:
+        text = value
+    elif isinstance(value, str):
+        text = str.__getitem__(value, slice(None))  # an exact str, whatever the subclass overrides
+    else:
+        text = safe_str(value)
+    if not text.isascii():  # O(1); only non-ASCII text can hold a lone surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _SURROGATES.sub(REPLACEMENT, text)
     return truncate(text, max_bytes) if max_bytes is not None else text
 
 
@@ -145,3 +147,96 @@ def format_traceback(exc: BaseException) -> str:
         return "".join(traceback.format_exception(exc))
     except Exception:  # an exception whose formatting fails (broken __str__, cycles)
         return f"{error_class(exc)}: <traceback could not be formatted>"
+
+
+# --- the slow path: what the caller passed, as the contract and the tables take it
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def fit_metadata(metadata: object, notes: Notes) -> tuple[dict[str, Any], bool]:
+    """Metadata of the contract's scalars, whatever the user passed, and whether
+    anything had to be converted (``metadata_coerced``).
+
+    Values the contract carries as they are (str, int, float, bool, None) are
+    left for ``repair_payload``, which notes what the tables cannot hold; a
+    map that cannot even be read is noted and recorded as empty.
+    """
+    if metadata is None:
+        return {}, False
+    if not isinstance(metadata, Mapping):
+        return {"metadata": coerce_value(metadata)}, True
+    try:
+        items = list(metadata.items())
+    except Exception as e:  # a user's mapping whose items() raises
+        notes.add("metadata", f"could not be read ({_type_name(e)}); recorded without it")
+        return {}, True
+    out: dict[str, Any] = {}
+    coerced = type(metadata) is not dict
+    for key, value in items:
+        if type(key) is not str:
+            key = valid_text(key)
+            coerced = True
+        if value is None or type(value) in _CARRIED:
+            out[key] = value
+            continue
+        coerced = True
+        try:
+            out[key] = coerce_value(value)
+        except Exception as e:  # a container whose items() or __iter__ raises
+            out[key] = f"<unreadable {_type_name(value)}>"
+            notes.add(f"metadata[{name(key)}]", f"could not be read ({_type_name(e)})")
+    return out, coerced
+
+
+_CARRIED: Final = frozenset({str, int, float, bool})
+
+
+def fit_payload(
+    event_type: str, payload: dict[str, Any], notes: Notes | None = None
+) -> tuple[dict[str, Any], bool, bool]:
+    """``payload`` as the contract and the tables take it, the note of what was
+    changed put where the row keeps it; and whether metadata was coerced and
+    whether anything was noted.
+
+    ``notes``: what could not be taken of the caller's arguments already; the
+    repairs' notes follow. Where a note goes:
+    a start's and an execution start's into their metadata
+    (``factflow.repaired``); a failure's as the last line of its traceback, a
+    cancellation's of its reason, an execution finish's of its error (the
+    contract has no field of its own for it; the projector moves the first two
+    into the row's error). A completion holds only the recorder's own values.
+    """
+    notes = Notes() if notes is None else notes
+    out = dict(payload)
+    coerced = False
+    for field, optional, _ in TEXT_FIELDS[event_type]:
+        value = out.get(field)
+        if type(value) is str or (optional and value is None):
+            continue
+        if isinstance(value, str):  # a subclass: its exact text, silently
+            out[field] = str.__getitem__(value, slice(None))
+            continue
+        out[field] = safe_str(value)
+        notes.add(field, f"{_article(_type_name(value))} given, recorded as its text")
+    if event_type in NOTED_IN_METADATA:
+        out["metadata"], coerced = fit_metadata(out.get("metadata"), notes)
+    out = repair_payload(event_type, out, notes)
+    note = notes.text()
+    if note is None:
+        return out, coerced, False
+    if event_type in NOTED_IN_METADATA:
+        out["metadata"] = with_note(out["metadata"], note)
+    elif event_type == "INVOCATION_FAILED":
+        out["traceback"] = append_note(out["traceback"], note)
+    elif event_type == "INVOCATION_CANCELLED":
+        out["reason"] = append_note(out["reason"], note)
+    elif event_type == "EXECUTION_FINISHED":
+        out["error"] = append_note(out["error"], note)
+    return out, coerced, True
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word

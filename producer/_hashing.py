@@ -35,25 +35,32 @@ DIGEST_SIZE: Final = 16
 def content_hash(data: bytes | bytearray | memoryview | str | dict[Any, Any] | list[Any]) -> str:
     """The content hash of a message (see the module docstring for the rules).
 
-    Raises TypeError for other types, and for a dict or list holding values that
-    JSON cannot represent.
+    Raises TypeError for other types, for a dict or list holding values that
+    JSON cannot represent or nested too deep for it, and for a str with lone
+    surrogates (which have no UTF-8 form: what ``os.fsdecode`` makes of a file
+    name that is not UTF-8; hash ``os.fsencode(name)`` instead).
     """
     kind = type(data)
-    if kind is bytes:
-        raw: bytes | bytearray | memoryview = data  # type: ignore[assignment]
-    elif kind is str:
-        raw = data.encode("utf-8")  # type: ignore[union-attr]
-    elif isinstance(data, bytes | bytearray | memoryview):
-        raw = data
-    elif isinstance(data, str):
-        raw = data.encode("utf-8")
-    elif isinstance(data, dict | list | tuple):
-        raw = canonical_json(data).encode("utf-8")
-    else:
-        raise TypeError(
-            f"cannot hash a {type(data).__name__}: pass bytes, str, dict or list "
-            "(or compute the hash yourself)"
-        )
+    try:
+        if kind is bytes:
+            raw: bytes | bytearray | memoryview = data  # type: ignore[assignment]
+        elif kind is str:
+            raw = data.encode("utf-8")  # type: ignore[union-attr]
+        elif isinstance(data, bytes | bytearray | memoryview):
+            raw = data
+        elif isinstance(data, str):
+            raw = data.encode("utf-8")
+        elif isinstance(data, dict | list | tuple):
+            raw = canonical_json(data).encode("utf-8")
+        else:
+            raise TypeError(
+                f"cannot hash a {type(data).__name__}: pass bytes, str, dict or list "
+                "(or compute the hash yourself)"
+            )
+    except UnicodeEncodeError as e:
+        raise TypeError(f"cannot hash a str with lone surrogates (no UTF-8 form): {e}") from e
+    except RecursionError as e:
+        raise TypeError("cannot hash a value nested too deep for canonical JSON") from e
     return PREFIX + blake2b(raw, digest_size=DIGEST_SIZE).hexdigest()
 
 
@@ -77,7 +84,13 @@ class OutputHasher:
         self._state = blake2b(digest_size=DIGEST_SIZE)
 
     def add(self, output_hash: str) -> None:
-        self._state.update(output_hash.encode("ascii"))
+        try:
+            raw = output_hash.encode("ascii")
+        except UnicodeEncodeError:
+            # A hash string is ASCII; one a caller made up otherwise still counts
+            # (its UTF-8 form, lone surrogates passed through) instead of failing.
+            raw = output_hash.encode("utf-8", "surrogatepass")
+        self._state.update(raw)
 
     def hexdigest(self) -> str:
         return PREFIX + self._state.hexdigest()

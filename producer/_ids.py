@@ -79,3 +79,11 @@ def parse_id(value: object) -> tuple[bytes, bool]:
     if isinstance(value, uuid.UUID):
         return value.bytes, False
     return uuid.uuid5(_NAMESPACE, str(value)).bytes, True
+
+
+def unprintable_id(value: object) -> bytes:
+    """The id of something that cannot be read as an id (its ``str`` raises):
+    the UUIDv5 of its type's name, the same for every such value of that type,
+    so its rows still group together and never under the nil UUID."""
+    kind = type(value)
+    return uuid.uuid5(_NAMESPACE, f"<unprintable {kind.__module__}.{kind.__qualname__}>").bytes

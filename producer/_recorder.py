@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from factflow_lineage._repair import Notes, truncate
 from factflow_lineage.schemas import encode
 
 from ._config import RecorderConfig
 from ._context import Batch, Execution, Invocation
-from ._events import SHRUNK_FIELD_BYTES, coerce_metadata, shrink_metadata, truncate, valid_text
+from ._events import SHRUNK_FIELD_BYTES, fit_payload, shrink_metadata
 from ._ids import new_random_id
 from ._pump import Pump
 from ._ratelog import LOGGER, RateLimitedLog
@@ -55,7 +56,11 @@ class RecorderStats:
     acknowledged, ``recovering`` the spools being re-sent now (1 until the first
     look at the spool directory, shortly after start). ``metadata_coerced``:
     events whose metadata had to be changed to fit the contract;
-    ``hash_errors``: inputs or outputs that could not be hashed; ``errors``:
+    ``hash_errors``: inputs or outputs that could not be hashed;
+    ``repaired``: events recorded with a value changed or left out because
+    it could not be taken as given (a lone surrogate, an input that cannot be
+    hashed, a garbage parent or execution id...), each noted on its row
+    (``factflow.repaired``); ``errors``:
     problems caught at the recorder's boundary (see the log of
     ``factflow_lineage.producer``). ``spool_bytes``: disk the spool holds.
     """
@@ -72,6 +77,7 @@ class RecorderStats:
     recovering: int
     metadata_coerced: int
     hash_errors: int
+    repaired: int
     errors: int
     spool_bytes: int
 
@@ -119,6 +125,7 @@ class LineageRecorder:
         self._pid = os.getpid()
         self._metadata_coerced = 0
         self._hash_errors = 0
+        self._repaired = 0
         self._errors = 0
         self._dropped = 0
 
@@ -279,6 +286,7 @@ class LineageRecorder:
             recovering=len(pump.orphans) + (1 if pump.adopt_pending else 0),
             metadata_coerced=self._metadata_coerced,
             hash_errors=self._hash_errors,
+            repaired=self._repaired,
             errors=self._errors + pump.errors,
             spool_bytes=spool.reserved if spool is not None and not pump.closed else 0,
         )
@@ -298,6 +306,7 @@ class LineageRecorder:
             recovering=0,
             metadata_coerced=self._metadata_coerced,
             hash_errors=self._hash_errors,
+            repaired=self._repaired,
             errors=self._errors,
             spool_bytes=0,
         )
@@ -338,7 +347,7 @@ class LineageRecorder:
         }
         try:
             value = encode(event)
-        except ValueError:
+        except Exception:  # ValueError, or whatever a user's object raises inside
             value = self._encode_repaired(event)
             if value is None:
                 return
@@ -350,27 +359,25 @@ class LineageRecorder:
 
     def _encode_repaired(self, event: dict[str, Any]) -> bytes | None:
         """The codec refused the event: make the user's values fit, then retry."""
-        payload = dict(event["payload"])
-        if "metadata" in payload:
-            original = payload["metadata"]
-            fixed = coerce_metadata(original)
-            # By identity, not ==: user values may compare strangely (numpy arrays).
-            if not isinstance(original, dict) or any(
-                fixed.get(k) is not v for k, v in original.items()
-            ):
-                with self._counts_lock:
-                    self._metadata_coerced += 1
-            payload["metadata"] = fixed
-        for name, value in payload.items():
-            if name != "metadata" and value is not None and not isinstance(value, bytes | int):
-                payload[name] = valid_text(value)
-        event["payload"] = payload
         try:
+            event["payload"] = self._fit(event["event_type"], event["payload"])
             data: bytes = encode(event)
-        except ValueError as e:
-            self._drop(event, f"it does not fit the event contract: {e}")
+        except Exception as e:  # still not encodable: the event is lost, and says why
+            self._drop(event, f"it does not fit the event contract: {e!r}")
             return None
         return data
+
+    def _fit(
+        self, event_type: str, payload: dict[str, Any], notes: Notes | None = None
+    ) -> dict[str, Any]:
+        """``payload`` as the contract and the tables take it (``_events.fit_payload``),
+        counted in ``metadata_coerced`` and ``repaired``."""
+        fixed, coerced, noted = fit_payload(event_type, payload, notes)
+        if coerced or noted:
+            with self._counts_lock:
+                self._metadata_coerced += coerced
+                self._repaired += noted
+        return fixed
 
     def _encode_shrunk(self, event: dict[str, Any]) -> bytes | None:
         """The event is over event_max_bytes: cut its free text and metadata."""
@@ -417,6 +424,7 @@ class LineageRecorder:
         _keep_forever(self._pump.producer)
         self._pump.forget_after_fork()
         self._metadata_coerced = self._hash_errors = self._errors = self._dropped = 0
+        self._repaired = 0
         if self._forked or not self._closed:
             # Lazily: a child that never records (one that calls exec next, a
             # prefork server's idle worker) makes no producer, thread or spool.

@@ -177,8 +177,11 @@ def test_unencodable_metadata_is_coerced_and_counted(recorder: LineageRecorder) 
         "obj": "opaque!",
         "huge": str(10**30),
         "3": "int key",
+        # Beyond 64 bits: text, as the projector would make it, and noted.
+        "factflow.repaired": "metadata['huge']: integer beyond 64 bits recorded as text",
     }
     assert recorder.stats().metadata_coerced == 1
+    assert recorder.stats().repaired == 1
 
 
 def test_megabyte_tracebacks_and_messages_are_truncated(recorder: LineageRecorder) -> None:
