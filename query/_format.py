@@ -75,6 +75,14 @@ def _text(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def untrusted(text: str) -> str:
+    """Stored text as one printable line: control characters (a terminal's
+    escape sequences, newlines) shown as escapes, never sent to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # --- tables -------------------------------------------------------------------------
 
 
@@ -213,6 +221,8 @@ def lineage_card(row: LineageRow, style: Style = PLAIN) -> str:
     ]
     if not row.known:
         pairs.append(("known", "no: only later events seen, its start is not recorded yet"))
+    if row.repaired is not None:
+        pairs.append(("repaired", untrusted(row.repaired)))
     if row.error is not None:
         pairs.append(("error", style.status(row.error.error_class, "failed")))
         pairs.append(("message", row.error.message))
@@ -245,6 +255,8 @@ def execution_card(row: ExecutionRow, style: Style = PLAIN) -> str:
         pairs.append(("replay_from_stage", _text(row.replay_from_stage)))
     if row.error:
         pairs.append(("error", row.error))
+    if row.repaired is not None:
+        pairs.append(("repaired", untrusted(row.repaired)))
     return _card(pairs, style)
 
 

@@ -40,6 +40,10 @@ class LineageRow:
     ``settled`` when it ended and none is pending. ``known`` is false for a placeholder: a
     row named by a child or a terminal event before its own start arrived.
     ``metadata`` carries ``input_key`` too when the row has one.
+    ``repaired`` says what the recorder or the projector had to change to
+    store the row (NUL or lone surrogates replaced, a time clamped, a value
+    it could not take...): the start's note (``metadata["factflow.repaired"]``)
+    and the terminal event's (kept in the row's error jsonb), or None.
     """
 
     id: UUID
@@ -65,6 +69,7 @@ class LineageRow:
     descendants_failed: int
     settled: bool
     known: bool
+    repaired: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +77,8 @@ class ExecutionRow:
     """One pipeline run, with its known rows counted by status.
 
     ``unsettled`` counts rows not settled yet; the execution is ``settled`` once
-    it finished and none is left.
+    it finished and none is left. ``repaired``: what had to be changed to store
+    its start (``metadata["factflow.repaired"]``; its finish's note ends ``error``).
     """
 
     id: UUID
@@ -92,6 +98,7 @@ class ExecutionRow:
     unsettled: int
     settled: bool
     known: bool
+    repaired: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

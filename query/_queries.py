@@ -26,6 +26,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import PoolTimeout
 
+from factflow_lineage._repair import NOTE_KEY, join_notes
 from factflow_lineage.db import first_line
 from factflow_lineage.errors import DatabaseUnavailable, NotFound, UsageError
 
@@ -150,11 +151,19 @@ def _lineage(row: Sequence[Any]) -> LineageRow:
         descendants_failed=descendants_failed,
         settled=settled,
         known=known,
+        repaired=_notes(meta.get(NOTE_KEY), (error or {}).get("repaired")),
     )
 
 
+def _notes(*notes: Any) -> str | None:
+    """The repair notes of a row (see factflow_lineage._repair), as one text."""
+    joined: str | None = join_notes(*(str(n) for n in notes if n is not None))
+    return joined
+
+
 def _error(value: Any) -> ErrorInfo | None:
-    if not value:
+    # A completed or cancelled row's error holds only a repair note: no error.
+    if not value or "class" not in value:
         return None
     return ErrorInfo(
         error_class=str(value.get("class") or ""),
@@ -178,6 +187,7 @@ def _execution(row: Sequence[Any]) -> ExecutionRow:
         replay_from_stage=replay_from_stage,
         error=error,
         metadata=dict(metadata or {}),
+        repaired=_notes((metadata or {}).get(NOTE_KEY)),
         total=total,
         completed=completed,
         failed=failed,

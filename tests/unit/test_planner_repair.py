@@ -304,3 +304,15 @@ def test_started_at_is_staged_relative_to_the_postgresql_epoch() -> None:
     b = _builder(18)
     start = b.started(lineage_id=LID, execution_id=XID, at=MIN_MICROS - 1)
     assert plan([start]).lineage[0][11] == MIN_MICROS - PG_EPOCH_MICROS
+
+
+def test_the_card_shows_the_note_as_one_escaped_line() -> None:
+    from factflow_lineage.query._format import lineage_card, untrusted
+    from tests.unit.test_query_format import row as query_row
+
+    note = "route_id: NUL replaced by U+FFFD; metadata['\x1b[2J']: NaN recorded as text\n"
+    card = lineage_card(query_row(1, repaired=note))
+    (line,) = [x for x in card.splitlines() if x.startswith("repaired")]
+    assert "\x1b" not in card and "\\x1b[2J" in line and line.endswith("as text\\n")
+    assert untrusted("plain é") == "plain é"
+    assert "repaired" not in lineage_card(query_row(2))
