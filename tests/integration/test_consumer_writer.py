@@ -102,7 +102,10 @@ def test_events_the_projection_rejects_become_dead_letters_in_the_same_transacti
 ) -> None:
     events = realistic_events(50, seed=62)
     started = next(e for e in events if e["event_type"] == "INVOCATION_STARTED")
-    bad = dict(started, payload=dict(started["payload"], route_id="nul\x00byte"))
+    # (A NUL would be repaired: only a wrong shape is rejected, here a row its own parent.)
+    bad = dict(
+        started, payload=dict(started["payload"], parent_id=started["payload"]["lineage_id"])
+    )
     writer = BatchWriter(
         schema=pg_schema, topic=TOPIC, projection=Projection(pg_schema), decode=default_decode()
     )

@@ -69,13 +69,17 @@ def test_projected_tables_equal_a_direct_apply_of_the_same_events(
 def _poison(valid: dict[str, Any]) -> dict[str, bytes | None]:
     good = encode(valid)
     unknown = b"\xc3\x01" + struct.pack("<Q", 0xDEADBEEF) + good[10:]
-    nul = dict(valid, payload=dict(valid["payload"], route_id="bad\x00route"))
+    # A value the tables cannot hold (a NUL) is repaired, not poison; a row
+    # named its own parent is (a cycle no counter could settle).
+    own_parent = dict(
+        valid, payload=dict(valid["payload"], parent_id=valid["payload"]["lineage_id"])
+    )
     return {
         "garbage": b"\x00\x01 definitely not avro",
         "unknown schema": unknown,
         "truncated": good[:-5],
         "tombstone": None,
-        "invalid value": encode(nul),
+        "its own parent": encode(own_parent),
     }
 
 
