@@ -32,12 +32,14 @@ DEFAULT_PG_DSN = "postgresql://factflow_writer:factflow_writer@127.0.0.1:15432/f
 DEFAULT_PG_READ_DSN = "postgresql://factflow_reader:factflow_reader@127.0.0.1:15432/factflow"
 DEFAULT_PG_SCHEMA = "lineage"
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Matched whole (fullmatch): with ``match``, ``$`` also matches before a final
+# newline, and 'public\n' passed as a name of its own.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Schemas a projection must never live in: ``public`` is every role's default
 # (a table there would be found by any session whose own schema lacks it), and
 # ``pg_*`` and ``information_schema`` belong to the system.
 _RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 def _redact(dsn: str) -> str:
@@ -57,7 +59,7 @@ class KafkaSettings:
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
             raise ConfigError("FACTFLOW_KAFKA_BOOTSTRAP is empty")
-        if not _TOPIC.match(self.topic):
+        if not _TOPIC.fullmatch(self.topic):
             raise ConfigError(f"invalid topic name {self.topic!r}")
         if not 1 <= self.partitions <= 10_000:
             raise ConfigError(f"partitions must be 1..10000, not {self.partitions}")
@@ -72,7 +74,7 @@ class PostgresSettings:
     schema: str = DEFAULT_PG_SCHEMA
 
     def __post_init__(self) -> None:
-        if not _IDENTIFIER.match(self.schema):
+        if not _IDENTIFIER.fullmatch(self.schema):
             raise ConfigError(
                 f"invalid schema name {self.schema!r}: lower-case letters, digits, underscore"
             )

@@ -61,3 +61,37 @@ def test_a_table_missing_from_the_schema_is_an_error_not_a_read_of_public(
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(decoy)))
+
+
+@pytest.mark.parametrize("schema", ["public\n", "lineage\n", "pg_catalog\n", "lineage\n\n"])
+def test_init_refuses_a_schema_name_with_a_trailing_newline(
+    pg_dsn: str, kafka_bootstrap: str, schema: str
+) -> None:
+    # `$` in a Python pattern also matches before a final newline: 'public\n' passed as
+    # a valid, non-reserved name and init created a schema literally named "public\n",
+    # one an operator cannot tell from public in most listings.
+    done = subprocess.run(
+        [sys.executable, "-m", "factflow_lineage", "init", "--skip-topic"],
+        env={
+            **os.environ,
+            "FACTFLOW_PG_SCHEMA": schema,
+            "FACTFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        assert done.returncode == 2, done.stdout + done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, done.stderr
+        assert "FACTFLOW_PG_SCHEMA" in lines[0] or "invalid schema name" in lines[0]
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            created = admin.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname = %s", (schema,)
+            ).fetchall()
+            admin.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )
+    assert created == []

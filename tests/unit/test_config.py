@@ -45,7 +45,10 @@ def test_environment_overrides_every_field() -> None:
         ("FACTFLOW_PG_SCHEMA", "information_schema", "shared or system schema"),
         ("FACTFLOW_PG_SCHEMA", "pg_catalog", "shared or system schema"),
         ("FACTFLOW_PG_SCHEMA", "pg_toast", "shared or system schema"),
+        ("FACTFLOW_PG_SCHEMA", "public\n", "invalid schema name"),
+        ("FACTFLOW_PG_SCHEMA", "lineage\n", "invalid schema name"),
         ("FACTFLOW_TOPIC", "bad topic", "invalid topic name"),
+        ("FACTFLOW_TOPIC", "factflow.lineage\n", "invalid topic name"),
         ("FACTFLOW_KAFKA_BOOTSTRAP", " ", "is empty"),
     ],
 )
