@@ -80,8 +80,8 @@ XID = num_uid(1, 0xE)
 ROOT, FAILED, CANCELLED, CHILD = (num_uid(i, 0xA) for i in range(1, 5))
 
 
-def test_migration_0006_settles_rows_the_old_rule_held(pg_dsn: str, pg_schema: str) -> None:
-    """A projection made under the old rule: 0006 settles its failed and
+def test_migration_0005_settles_rows_the_old_rule_held(pg_dsn: str, pg_schema: str) -> None:
+    """A projection made under the old rule: 0005 settles its failed and
     cancelled rows, credits their parents up the chain and recounts executions."""
     with connect(pg_dsn, autocommit=True) as conn:
         old = tuple(m for m in projection_migrations() if m.name != "settle_failed_rows")
