@@ -12,6 +12,7 @@ from ._decoder import DeadLetter
 from ._dlq import StoredDeadLetter, list_dead_letters
 from ._loop import ProjectorStats
 from ._offsets import load_offsets
+from ._owner import ProjectionOwned
 from ._planner import Plan, RejectedEvent, invalid_reason
 from ._projection import ApplyStats, ParentCycleError, Projection
 from ._rebuild import RebuildError, RebuildOptions, RebuildProgress, RebuildReport, rebuild
@@ -26,6 +27,7 @@ __all__ = [
     "PartitionLag",
     "Plan",
     "Projection",
+    "ProjectionOwned",
     "Projector",
     "ProjectorConfig",
     "ProjectorStats",
