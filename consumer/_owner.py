@@ -42,7 +42,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class ProjectionOwned(LineageError):
-    """The projection schema is owned by another consumer group (at start, or taken over since)."""
+    """The projection schema is owned by another consumer group (at start, or taken over since).
+
+    ``owner``: that group, when the schema has one (a command whose option for
+    the group is not ``--group`` words its own hint from it).
+    """
+
+    def __init__(self, message: str, *, owner: Owner | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +125,8 @@ def claim(
                 raise ProjectionOwned(
                     f"schema {schema!r} is owned by {_describe(current)}; run this projector "
                     f"with --group {current.group_id} (and that topic), or take the schema "
-                    "over deliberately with --take-over"
+                    "over deliberately with --take-over",
+                    owner=current,
                 )
             row = conn.execute(
                 sql.SQL(
@@ -153,9 +162,11 @@ def check(conn: psycopg.Connection[Any], schema: str, topic: str, group_id: str)
         raise ProjectionOwned(
             f"schema {schema!r} has no owner any more; this projector of group {group_id!r} stops"
         )
+    owner = Owner(str(row[0]), str(row[1]), row[2])
     raise ProjectionOwned(
-        f"schema {schema!r} was taken over by {_describe(Owner(str(row[0]), str(row[1]), row[2]))}"
-        f"; this projector of group {group_id!r} stops"
+        f"schema {schema!r} was taken over by {_describe(owner)}"
+        f"; this projector of group {group_id!r} stops",
+        owner=owner,
     )
 
 

@@ -22,9 +22,9 @@ import typer
 from factflow_lineage import query as q
 from factflow_lineage.cli import Output
 from factflow_lineage.config import Settings
-from factflow_lineage.consumer import ProjectorConfig
+from factflow_lineage.consumer import ProjectionOwned, ProjectorConfig
 from factflow_lineage.db import connect
-from factflow_lineage.errors import BrokerUnavailable, NotFound
+from factflow_lineage.errors import BrokerUnavailable, NotFound, UsageError
 from factflow_lineage.producer import LineageRecorder, RecorderConfig
 from factflow_lineage.query import LineageRow
 from factflow_lineage.query import _format as fmt
@@ -41,6 +41,17 @@ PIPELINES: dict[str, Callable[[Storage, bool], Mapping[str, Route]]] = {
     demo.PIPELINE: lambda storage, fixed: demo.demo_routes(storage, fixed=fixed),
 }
 _FLUSH_TIMEOUT = 15.0
+
+
+def _projector_group(value: str | None) -> str | None:
+    """Refuse an empty group before anything runs, naming this command's option."""
+    if value is not None and not value.strip():
+        raise UsageError(
+            "--projector-group must not be empty (omit it for the default consumer group)"
+        )
+    return value
+
+
 ProjectorGroupOpt = Annotated[
     str | None,
     typer.Option(
@@ -48,6 +59,7 @@ ProjectorGroupOpt = Annotated[
         help="Consumer group of the projector run here (that of your `projector run` service) "
         "[default: that of `projector run`, factflow-projector.<topic>.<schema>.<digest>].",
         show_default=False,
+        callback=_projector_group,
     ),
 ]
 
@@ -157,7 +169,23 @@ class _LiveCounters:
 
 
 def _catch_up(settings: Settings, group: str | None) -> None:
-    result = catch_up(settings, config=ProjectorConfig(group_id=group))
+    try:
+        result = catch_up(settings, config=ProjectorConfig(group_id=group))
+    except ProjectionOwned as e:
+        if e.owner is None:
+            raise
+        # The projector's own hint names the options of `projector run`
+        # (--group, --take-over); this command's group is --projector-group.
+        owner = e.owner
+        topic = settings.kafka.topic
+        raise ProjectionOwned(
+            f"schema {settings.postgres.schema!r} is owned by consumer group "
+            f"{owner.group_id!r} (topic {owner.topic!r}); run this command with "
+            f"--projector-group {owner.group_id}"
+            + ("" if owner.topic == topic else f" and FACTFLOW_TOPIC={owner.topic}")
+            + ", or with --no-projector (that group's `factflow projector run` projects it)",
+            owner=owner,
+        ) from e
     if result.events:
         _err(f"projector: {result.events} events projected in {result.seconds:.1f} s")
 
