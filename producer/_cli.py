@@ -42,6 +42,7 @@ class DrainReport:
     adopted: int  # spool directories of dead recorders taken over
     drained: int  # of those, fully delivered and removed
     recovered: int  # events re-sent and acknowledged
+    crash_closed: int  # invocations and executions the dead ones had open, closed
     live: int  # directories of running recorders, left alone
     last_error: str | None
 
@@ -63,6 +64,7 @@ def drain(config: RecorderConfig, timeout: float) -> DrainReport:
         adopted = pump.orphans_done + len(pump.orphans)
         drained = pump.orphans_done
         recovered = pump.recovered
+        crash_closed = pump.crash_closed
         held = {o.path for o in pump.orphans}
     finally:
         pump.close(0)
@@ -71,7 +73,7 @@ def drain(config: RecorderConfig, timeout: float) -> DrainReport:
         for entry in os.scandir(root):
             if entry.is_dir() and not entry.name.startswith(".") and Path(entry.path) not in held:
                 live += 1
-    return DrainReport(root, adopted, drained, recovered, live, pump.last_error)
+    return DrainReport(root, adopted, drained, recovered, crash_closed, live, pump.last_error)
 
 
 @spool_app.command("drain")
@@ -89,8 +91,9 @@ def drain_command(
     ] = None,
 ) -> None:
     """Re-send what recorders that died (kill -9, out of memory, a killed
-    container) left in their spool, then remove it. Spools of running recorders are left
-    alone. Exits 0 when everything was delivered."""
+    container) left in their spool, then remove it; what they had open (invocations
+    started and never ended, their execution) is recorded as failed, ProcessDied.
+    Spools of running recorders are left alone. Exits 0 when everything was delivered."""
     try:
         overrides: dict[str, Any] = {}
         if spool_dir is not None:
@@ -120,7 +123,16 @@ def drain_command(
         return
     typer.echo(
         f"spool drain: re-sent {report.recovered} events from {report.adopted} spools in "
-        f"{report.spool_dir} ({time.monotonic() - started:.1f}s)" + _live(report)
+        f"{report.spool_dir} ({time.monotonic() - started:.1f}s)" + _closed(report) + _live(report)
+    )
+
+
+def _closed(report: DrainReport) -> str:
+    if not report.crash_closed:
+        return ""
+    return (
+        f"; closed {report.crash_closed} invocations or executions their processes had "
+        "open when they died, as failed (ProcessDied)"
     )
 
 

@@ -69,6 +69,9 @@ class RecorderConfig:
     kafka: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.spool_dir is not None and not isinstance(self.spool_dir, Path):
+            # A str (or any os.PathLike) is what most callers have at hand.
+            object.__setattr__(self, "spool_dir", Path(self.spool_dir))
         if not self.bootstrap.strip():
             raise ConfigError("bootstrap is empty")
         if self.segment_bytes < 64 * KIB:

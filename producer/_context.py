@@ -20,6 +20,7 @@ from factflow_lineage.schemas import EventType, ExecutionStatus
 from ._events import error_class, format_traceback, safe_str, valid_text
 from ._hashing import OutputHasher, content_hash
 from ._ids import new_time_id, parse_id, unprintable_id
+from ._open import EXECUTION, INVOCATION, OpenTable, Slot
 from ._ref import LineageRef, parse_parent
 
 if TYPE_CHECKING:
@@ -81,7 +82,9 @@ class Invocation:
         "_rec",
         "_ref",
         "_root",
+        "_slot",
         "_state",
+        "_table",
     )
 
     def __init__(
@@ -108,6 +111,8 @@ class Invocation:
         self._hasher: OutputHasher | None = None
         self._ref: LineageRef | None = None
         self._state = _RUNNING
+        self._table: OpenTable | None = None  # where it is open, for crash closing
+        self._slot: Slot | None = None
         # Whatever the caller passed, the start is emitted with every field
         # that could be taken; what could not is noted on the row (``notes``,
         # made only then) and counted in ``repaired``, never a reason to drop it.
@@ -166,7 +171,9 @@ class Invocation:
             }
             if notes is not None:
                 payload = recorder._fit(_STARTED, payload, notes)
-            recorder._emit(_STARTED, self._root, payload)
+            self._table, self._slot = recorder._emit_begin(
+                INVOCATION, lineage, self._root, execution, _STARTED, payload
+            )
         except Exception as e:
             recorder._internal_error("invocation", e)
 
@@ -260,7 +267,7 @@ class Invocation:
         try:
             payload = {"lineage_id": self._id, "execution_id": self._exec, **fields()}
             payload["children"] = self._children
-            self._rec._emit(event_type, self._root, payload)
+            self._rec._emit_end(self._table, self._slot, self._id, event_type, self._root, payload)
         except Exception as e:
             self._rec._internal_error(action, e)
 
@@ -440,7 +447,7 @@ class Execution:
     it yourself with ``complete()``, ``fail(error)`` or ``cancel()``.
     """
 
-    __slots__ = ("_id", "_rec", "_state")
+    __slots__ = ("_id", "_rec", "_slot", "_state", "_table")
 
     def __init__(
         self,
@@ -454,6 +461,8 @@ class Execution:
         self._rec = recorder
         self._id = new_time_id()
         self._state = _RUNNING
+        self._table: OpenTable | None = None
+        self._slot: Slot | None = None
         try:
             notes: Notes | None = None
             if execution_id is not None:
@@ -479,7 +488,9 @@ class Execution:
             }
             if notes is not None:
                 payload = recorder._fit(_EXECUTION_STARTED, payload, notes)
-            recorder._emit(_EXECUTION_STARTED, self._id, payload)
+            self._table, self._slot = recorder._emit_begin(
+                EXECUTION, self._id, self._id, self._id, _EXECUTION_STARTED, payload
+            )
         except Exception as e:
             recorder._internal_error("execution", e)
 
@@ -494,7 +505,10 @@ class Execution:
         self._state = _ENDED
         try:
             limit = self._rec.config.error_message_max_bytes
-            self._rec._emit(
+            self._rec._emit_end(
+                self._table,
+                self._slot,
+                self._id,
                 _EXECUTION_FINISHED,
                 self._id,
                 {

@@ -23,16 +23,21 @@ it is uncontended in the common case and costs ~2 us when it is not.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from factflow_lineage.errors import ConfigError
 
+from ._closing import close_dead_spool
 from ._config import RecorderConfig, producer_settings
 from ._ratelog import RateLimitedLog, RateLimitFilter
 from ._spool import (
@@ -133,6 +138,7 @@ class Pump:
         self.errors = 0
         self.orphans: list[Orphan] = []
         self.orphans_done = 0
+        self.crash_closed = 0  # invocations and executions closed for dead processes
         self.last_error: str | None = None
         self.generation = 0
         self._fatal = False
@@ -143,6 +149,7 @@ class Pump:
         if self.spool is not None:
             for seg in self.spool.segments:
                 self._arm(seg, orphan=False)
+        _PUMPS.add(self)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"factflow-lineage-{producer_id.hex()[:8]}", daemon=True
@@ -499,7 +506,9 @@ class Pump:
         if self._adopt_root is None:
             return
         own = self.spool.dir if self.spool is not None else None
-        found, warnings = find_orphans(self._adopt_root, own, self._adopt_topic)
+        found, warnings = find_orphans(
+            self._adopt_root, own, self._adopt_topic, on_adopt=self._close_dead
+        )
         for warning in warnings:
             self.log.warning("adopt", "%s", warning)
         known = {o.path for o in self.orphans}
@@ -508,6 +517,20 @@ class Pump:
                 orphan.release()
             else:
                 self.orphans.append(orphan)
+
+    def _close_dead(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Crash closing of an adopted spool (see ``_closing``)."""
+        closed = close_dead_spool(directory, meta)
+        if closed:
+            self.crash_closed += closed
+            self.log.warning(
+                "crash-closed",
+                "lineage: process %s on host %s died with %d invocations or executions "
+                "open; recorded them as failed (ProcessDied)",
+                meta.get("pid", "?"),
+                meta.get("host", "?"),
+                closed,
+            )
 
     # ------------------------------------------------------------- control
 
@@ -579,3 +602,44 @@ def _install_log_filter(interval: float) -> None:
     if not _filter_installed:
         KAFKA_LOGGER.addFilter(RateLimitFilter(interval))
         _filter_installed = True
+
+
+# Every pump of this process, closed ones included: a closed pump and its
+# producer are garbage in a reference cycle (the producer holds callbacks
+# bound to the pump) until the collector runs, and still here until then.
+_PUMPS: weakref.WeakSet[Pump] = weakref.WeakSet()
+# Parent objects a forked child must never destroy.
+_INHERITED: list[object] = []
+
+
+def _keep_forever(obj: object) -> None:
+    _INHERITED.append(obj)
+    # The interpreter clears module globals at exit, which would destroy it
+    # there: a reference it does not know about keeps it past the end.
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _after_fork() -> None:
+    """In a forked child: no producer of the parent is ever destroyed here.
+
+    A librdkafka handle's threads stayed in the parent; destroying the
+    child's copy waits for them, and crashes (SIGSEGV) or hangs. That
+    happens whenever the child's collector frees a pump the parent had let
+    go of but not yet collected, so every pump's producer is kept, and the
+    collector is off until they are (the iteration below allocates)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for pump in list(_PUMPS):
+            _keep_forever(pump.producer)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -21,6 +21,7 @@ from ._config import RecorderConfig
 from ._context import Batch, Execution, Invocation
 from ._events import SHRUNK_FIELD_BYTES, fit_payload, shrink_metadata
 from ._ids import new_random_id
+from ._open import OpenTable, Slot
 from ._pump import Pump
 from ._ratelog import LOGGER, RateLimitedLog
 
@@ -54,7 +55,9 @@ class RecorderStats:
     ``delivery_errors`` counts failed deliveries (see the log).
     ``recovered`` counts events of dead processes' spools re-sent and
     acknowledged, ``recovering`` the spools being re-sent now (1 until the first
-    look at the spool directory, shortly after start). ``metadata_coerced``:
+    look at the spool directory, shortly after start); ``crash_closed`` the
+    invocations and executions those dead processes had open, recorded as
+    failed (``ProcessDied``). ``metadata_coerced``:
     events whose metadata had to be changed to fit the contract;
     ``hash_errors``: inputs or outputs that could not be hashed;
     ``repaired``: events recorded with a value changed or left out because
@@ -75,6 +78,7 @@ class RecorderStats:
     backlog: int
     recovered: int
     recovering: int
+    crash_closed: int
     metadata_coerced: int
     hash_errors: int
     repaired: int
@@ -122,12 +126,29 @@ class LineageRecorder:
         self._producer_id = new_random_id()
         self._seq = itertools.count().__next__
         self._pump = Pump(self.config, self._producer_id, self._log)
+        self._table = self._open_table()
         self._pid = os.getpid()
         self._metadata_coerced = 0
         self._hash_errors = 0
         self._repaired = 0
         self._errors = 0
         self._dropped = 0
+
+    def _open_table(self) -> OpenTable | None:
+        """The table of what is open, for crash closing; beside the spool, and
+        only with one (without a spool a crash loses events anyway)."""
+        spool = self._pump.spool
+        if spool is None:
+            return None
+        try:
+            return OpenTable(spool.dir)
+        except OSError as e:
+            self._log.error(
+                "open-table",
+                "lineage: crash closing is off (a crash leaves its invocations pending): %s",
+                e,
+            )
+            return None
 
     @classmethod
     def from_env(
@@ -246,6 +267,11 @@ class LineageRecorder:
             return
         self._closed = True
         try:
+            if self._table is not None:
+                # A clean close: this process did not die, so nothing it left
+                # open is recorded as ended by a crash (an invocation handed
+                # to a forked child may still be running there).
+                self._table.close(remove=True)
             wait = self.config.close_timeout if timeout is None else max(timeout, 0.0)
             left = self._pump.close(wait)
             if left:
@@ -284,6 +310,7 @@ class LineageRecorder:
             backlog=pump.backlog_count,
             recovered=pump.recovered,
             recovering=len(pump.orphans) + (1 if pump.adopt_pending else 0),
+            crash_closed=pump.crash_closed,
             metadata_coerced=self._metadata_coerced,
             hash_errors=self._hash_errors,
             repaired=self._repaired,
@@ -304,6 +331,7 @@ class LineageRecorder:
             backlog=0,
             recovered=0,
             recovering=0,
+            crash_closed=0,
             metadata_coerced=self._metadata_coerced,
             hash_errors=self._hash_errors,
             repaired=self._repaired,
@@ -356,6 +384,45 @@ class LineageRecorder:
             if value is None:
                 return
         self._pump.submit(key, value)
+
+    def _emit_begin(
+        self,
+        kind: int,
+        ident: bytes,
+        key: bytes,
+        execution: bytes,
+        event_type: str,
+        payload: dict[str, Any],
+    ) -> tuple[OpenTable | None, Slot | None]:
+        """``_emit`` a start, bracketed by the open table (see ``_open``): the
+        table and slot its end passes to ``_emit_end``."""
+        if self._closed and self._forked:
+            self._reopen()  # before the table is chosen: the child's own
+        table = self._table
+        if table is None or self._closed:
+            self._emit(event_type, key, payload)
+            return None, None
+        slot = table.begin(kind, ident, key, execution)
+        self._emit(event_type, key, payload)
+        table.opened(slot)
+        return table, slot
+
+    def _emit_end(
+        self,
+        table: OpenTable | None,
+        slot: Slot | None,
+        ident: bytes,
+        event_type: str,
+        key: bytes,
+        payload: dict[str, Any],
+    ) -> None:
+        """``_emit`` the end of what ``_emit_begin`` started."""
+        if table is None:
+            self._emit(event_type, key, payload)
+            return
+        table.ending(slot, ident)
+        self._emit(event_type, key, payload)
+        table.end(slot, ident)
 
     def _encode_repaired(self, event: dict[str, Any]) -> bytes | None:
         """The codec refused the event: make the user's values fit, then retry."""
@@ -421,8 +488,12 @@ class LineageRecorder:
         self._counts_lock = threading.Lock()
         self._fork_lock = threading.Lock()
         self._log = RateLimitedLog(LOGGER, self.config.log_interval_s)
-        _keep_forever(self._pump.producer)
-        self._pump.forget_after_fork()
+        self._pump.forget_after_fork()  # (its producer is kept: see _pump._after_fork)
+        if self._table is not None:
+            # Kept mapped: an invocation inherited from the parent and ended
+            # here frees its slot in the parent's table (the mapping is shared).
+            self._table.forget()
+            self._table = None
         self._metadata_coerced = self._hash_errors = self._errors = self._dropped = 0
         self._repaired = 0
         if self._forked or not self._closed:
@@ -498,24 +569,6 @@ def _close_at_worker_exit(recorder: LineageRecorder) -> None:
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         util.Finalize(None, _close_ref, args=(weakref.ref(recorder),), exitpriority=0)
-
-
-# Parent objects a forked child must never destroy: librdkafka handles whose
-# threads stayed in the parent (destroying one waits a second for them and
-# complains on stderr, "was process forked?").
-_INHERITED: list[object] = []
-
-
-def _keep_forever(obj: object) -> None:
-    _INHERITED.append(obj)
-    # The interpreter clears module globals at exit, which would destroy it
-    # there: a reference it does not know about keeps it past the end.
-    try:
-        import ctypes
-
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-    except (ImportError, AttributeError, OSError):
-        pass
 
 
 def _after_fork() -> None:

@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from ._open import remove_tables
+
 MAGIC: Final = b"FFSPOOL1"
 HEADER_SIZE: Final = 16
 RECORD = struct.Struct("<II16s")
@@ -50,6 +52,9 @@ _SUFFIX: Final = ".seg"
 _TMP_PREFIX: Final = ".tmp-"
 
 DeliveryCallback = Callable[[Any, Any], None]
+# Called with an adopted directory (its lock held) and its meta.json before its
+# segments are listed: crash closing adds its segment there (see _closing).
+AdoptHook = Callable[[Path, dict[str, Any]], None]
 
 
 def record_bytes(key: bytes, value: bytes) -> bytes:
@@ -430,6 +435,7 @@ def sync_active(seg: Segment | None) -> None:
 
 def remove_dir(path: Path) -> None:
     """Remove a spool directory that holds no records any more."""
+    remove_tables(path)
     for name in ("meta.json", "lock"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path / name)
@@ -460,7 +466,9 @@ class Orphan:
         self.lock_fd = -1
 
 
-def find_orphans(root: Path, own: Path | None, topic: str | None) -> tuple[list[Orphan], list[str]]:
+def find_orphans(
+    root: Path, own: Path | None, topic: str | None, on_adopt: AdoptHook | None = None
+) -> tuple[list[Orphan], list[str]]:
     """Adopt every spool directory under ``root`` whose owner is gone (and whose
     topic is ``topic``, unless None). Returns them and warnings about the rest."""
     orphans: list[Orphan] = []
@@ -480,7 +488,7 @@ def find_orphans(root: Path, own: Path | None, topic: str | None) -> tuple[list[
                 remove_dir(path)
                 os.close(fd)
             continue
-        orphan, warning = adopt(path, topic)
+        orphan, warning = adopt(path, topic, on_adopt)
         if orphan is not None:
             orphans.append(orphan)
         if warning:
@@ -488,7 +496,9 @@ def find_orphans(root: Path, own: Path | None, topic: str | None) -> tuple[list[
     return orphans, warnings
 
 
-def adopt(path: Path, topic: str | None) -> tuple[Orphan | None, str | None]:
+def adopt(
+    path: Path, topic: str | None, on_adopt: AdoptHook | None = None
+) -> tuple[Orphan | None, str | None]:
     """Take over the spool directory ``path`` if its owner is gone."""
     lock_path = path / "lock"
     fd = _lock(lock_path, create=False)
@@ -501,6 +511,8 @@ def adopt(path: Path, topic: str | None) -> tuple[Orphan | None, str | None]:
             os.close(fd)
             return None, None
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise TypeError("meta.json is not an object")
         owner_topic = str(meta["topic"])
     except FileNotFoundError:
         os.close(fd)
@@ -511,8 +523,13 @@ def adopt(path: Path, topic: str | None) -> tuple[Orphan | None, str | None]:
     if topic is not None and owner_topic != topic:
         os.close(fd)
         return None, None
-    segments: list[Segment] = []
     warning = None
+    if on_adopt is not None:
+        try:
+            on_adopt(path, meta)
+        except Exception as e:  # its events are re-sent all the same
+            warning = f"spool directory {path}: {e!r}"
+    segments: list[Segment] = []
     for name in sorted(os.listdir(path)):
         if not name.endswith(_SUFFIX):
             continue

@@ -64,3 +64,8 @@ def test_producer_settings_fit_the_job() -> None:
     assert settings["message.timeout.ms"] == 0  # never give up on a queued event
     assert settings["linger.ms"] == 20  # extra settings win
     assert settings["logger"] is KAFKA_LOGGER
+
+
+def test_a_spool_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
+    config = RecorderConfig(spool_dir=str(tmp_path))  # type: ignore[arg-type]
+    assert config.spool_dir == tmp_path and isinstance(config.spool_dir, Path)

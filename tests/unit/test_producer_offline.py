@@ -3,6 +3,7 @@ events it would send are all in the spool, complete and decodable."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -450,3 +451,43 @@ def test_metadata_values_that_refuse_comparison_are_coerced(recorder: LineageRec
     assert spooled(recorder)[0][1]["payload"]["metadata"] == {"a": "[1 2 3]", "n": 1}
     stats = recorder.stats()
     assert stats.metadata_coerced == 1 and stats.errors == 0 and stats.dropped == 0
+
+
+def test_a_forked_child_never_destroys_a_producer_of_the_parent(tmp_path: Path) -> None:
+    # A closed recorder's pump and producer are garbage in a reference cycle
+    # (the producer holds callbacks bound to its pump) until the parent's
+    # collector runs. If a forked child's collector runs first, destroying
+    # that librdkafka handle there, whose threads stayed in the parent,
+    # crashed the child (SIGSEGV) or hung it.
+    config = RecorderConfig(
+        bootstrap=f"127.0.0.1:{closed_port()}", topic="offline", spool_dir=tmp_path
+    )
+    gc.disable()  # so that the parent does not collect them first
+    try:
+        for _ in range(3):
+            rec = LineageRecorder(config)
+            with rec.invocation(uuid.uuid4(), "r", "a"):
+                pass
+            rec.close(0)
+        del rec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                found = gc.collect()
+                os._exit(0 if found else 1)
+            finally:
+                os._exit(2)
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung destroying the parent's producer")
