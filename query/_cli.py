@@ -205,6 +205,38 @@ def execution_list_cmd(
     _print_page(page, output, fmt.EXECUTION_COLUMNS)
 
 
+@execution_app.command("abandon")
+def execution_abandon_cmd(
+    execution_id: Annotated[str, typer.Argument(help="Execution id (or a unique 8+ hex prefix).")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Even if it recorded lineage within --idle (it may still be running)."
+        ),
+    ] = False,
+    idle: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Minutes without lineage after which its processes count as gone."
+        ),
+    ] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for Kafka.")] = 30.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Record that an execution's processes are gone for good (their machine is
+    lost, their spool with it): every invocation still pending fails, and the
+    execution if it is still running, as ProcessDied, as the spool recovery of
+    a killed process records them. Safe to repeat."""
+    from ._abandon import abandon
+
+    with _reader() as conn:
+        report = abandon(conn, execution_id, force=force, idle_s=idle * 60, timeout=timeout)
+    if output is Output.json:
+        typer.echo(fmt.dumps(report))
+        return
+    typer.echo(report.summary())
+
+
 @api_app.command("serve")
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

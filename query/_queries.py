@@ -625,6 +625,36 @@ def list_executions(
     )
 
 
+def pending_rows(
+    conn: Conn, execution: UUID, *, after: tuple[datetime, UUID] | None = None, limit: int = 10_000
+) -> list[tuple[datetime, UUID, UUID]]:
+    """(started_at, id, root id) of the execution's pending rows, in start order
+    after ``after``: the open invocations ``execution abandon`` closes."""
+    where = "execution_id = %s AND status = 'pending' AND started_at IS NOT NULL"
+    params: tuple[Any, ...] = (execution,)
+    if after is not None:
+        where += " AND (started_at, id) > (%s, %s)"
+        params += after
+    rows = conn.execute(
+        f"SELECT started_at, id, COALESCE(root_id, id) FROM lineage WHERE {where}"
+        " ORDER BY started_at, id LIMIT %s",
+        (*params, limit),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def last_activity(conn: Conn, execution: UUID) -> datetime | None:
+    """When the execution last recorded anything: its latest start, end or finish."""
+    row = conn.execute(
+        "SELECT greatest("
+        " (SELECT max(started_at) FROM lineage WHERE execution_id = %s),"
+        " (SELECT max(completed_at) FROM lineage WHERE execution_id = %s),"
+        " (SELECT greatest(started_at, finished_at) FROM executions WHERE id = %s))",
+        (execution, execution, execution),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def ping(conn: Conn) -> None:
     """Raise unless the projection's tables answer (the API's readiness check)."""
     conn.execute("SELECT 1 FROM lineage LIMIT 0")
