@@ -398,6 +398,20 @@ def test_a_forked_child_records_into_a_spool_of_its_own(
     assert len(events) == 2 and events[0]["producer_id"].hex() == child_dir.name
 
 
+def assert_exits_cleanly(pid: int, hung: str, timeout: float = 30.0) -> None:
+    """Wait for the child ``pid``: exit 0, or fail (killing it if it hangs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError(hung)
+
+
 def test_a_forked_child_records_though_the_parent_held_the_recorders_locks(
     recorder: LineageRecorder,
 ) -> None:
@@ -424,16 +438,7 @@ def test_a_forked_child_records_though_the_parent_held_the_recorders_locks(
     finally:
         for lock in locks:
             lock.release()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child hung on a lock held at the fork")
+    assert_exits_cleanly(pid, "the forked child hung on a lock held at the fork")
 
 
 def test_metadata_values_that_refuse_comparison_are_coerced(recorder: LineageRecorder) -> None:
@@ -481,13 +486,4 @@ def test_a_forked_child_never_destroys_a_producer_of_the_parent(tmp_path: Path) 
                 os._exit(2)
     finally:
         gc.enable()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child hung destroying the parent's producer")
+    assert_exits_cleanly(pid, "the forked child hung destroying the parent's producer")
