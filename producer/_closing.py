@@ -27,6 +27,7 @@ the table (``STARTING``, ``ENDING``) are checked against the spool itself.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -185,6 +186,10 @@ def close_dead_spool(directory: Path, meta: Mapping[str, Any]) -> int:
     """Write the closing events of the dead process whose spool ``directory``
     is (its lock is held by the caller) as one more segment, then drop its
     open tables. Returns how many things it closed."""
+    # What a recoverer killed while writing the closing segment left: it is
+    # written again below, and a leftover would keep the directory from going.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_tmp_name(directory / SEGMENT_NAME))
     state = read_open(directory)
     if state is None:
         return 0
@@ -259,8 +264,12 @@ def send_events(config: RecorderConfig, events: list[tuple[bytes, bytes]], timeo
         )
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
 def _write_segment(path: Path, events: list[tuple[bytes, bytes]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp_name(path)
     data = MAGIC + bytes(HEADER_SIZE - len(MAGIC)) + b"".join(record_bytes(k, v) for k, v in events)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

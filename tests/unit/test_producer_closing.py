@@ -217,3 +217,15 @@ def test_abandon_events_depend_only_on_what_they_close() -> None:
     assert len(one) == 3 and len(two) == 2
     assert [decode(v)["event_id"] for _, v in two] == ids[:2]
     assert [k for k, _ in one] == [ident(1), ident(1), EXEC]
+
+
+def test_a_closing_segment_half_written_by_a_dead_recoverer_is_written_again(
+    tmp_path: Path,
+) -> None:
+    table = OpenTable(tmp_path)
+    started(1, table)
+    table.close(remove=False)
+    (tmp_path / f".{SEGMENT_NAME}.tmp").write_bytes(MAGIC + b"\x07" * 5)  # torn
+    assert close_dead_spool(tmp_path, META) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SEGMENT_NAME]
+    assert len(closing_records(tmp_path)) == 1
