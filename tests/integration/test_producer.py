@@ -241,7 +241,10 @@ def test_a_full_queue_spills_to_the_spool_and_catches_up(
     rec.close()
     assert during.backlog > 0  # it did spill
     assert stats.delivered == stats.emitted == 20_000 and stats.dropped == 0, stats
-    assert worst < 0.05
+    # A stall detector, not a latency figure (the benchmarks measure that):
+    # no call waits for the broker, so none comes near a second, however
+    # busy the machine is.
+    assert worst < 1.0, f"a call took {worst * 1000:.0f} ms"
     assert list(tmp_path.iterdir()) == []  # every segment acknowledged and removed
     events = consume(kafka_bootstrap, topic, count=20_000)
     assert sorted(e.payload["lineage_id"] for e in by_kind(events, "INVOCATION_STARTED")) == sorted(

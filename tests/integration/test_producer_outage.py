@@ -120,7 +120,9 @@ def test_an_outage_loses_nothing_blocks_nothing_and_memory_stays_bounded(
     # Past librdkafka's bounded queue the events waited on disk, not in memory.
     assert spooled_during_outage > RATE * OUTAGE_S, stats
     assert peak_rss - rss_at_start < 64 * 1024 * 1024, (peak_rss - rss_at_start) / 2**20
-    assert pipeline.worst < 0.1, f"a call took {pipeline.worst * 1000:.1f} ms during the outage"
+    # A stall detector, not a latency figure (benchmarks/producer.py has those):
+    # no call waits for the broker, so none comes near a second on any machine.
+    assert pipeline.worst < 1.0, f"a call took {pipeline.worst * 1000:.1f} ms during the outage"
 
     expected = set(pipeline.ids)
 
@@ -154,7 +156,7 @@ def test_a_broker_crash_mid_run_loses_nothing(private_kafka: Any, tmp_path: Path
     stats = rec.stats()
     rec.close()
     assert left == 0 and stats.dropped == 0 and stats.errors == 0, stats
-    assert pipeline.worst < 0.1, f"a call took {pipeline.worst * 1000:.1f} ms"
+    assert pipeline.worst < 1.0, f"a call took {pipeline.worst * 1000:.1f} ms"
     expected = set(pipeline.ids)
 
     def all_there(events: list[Any]) -> bool:
