@@ -203,10 +203,12 @@ class Pump:
             return True
         with self.lock:
             self.dropped += 1
+            total = self.dropped
         self.log.warning(
             "full",
-            "lineage event dropped: Kafka's queue is full and the spool %s",
+            "lineage event dropped: Kafka's queue is full and the spool %s; %d dropped so far",
             "is off" if self.spool is None else f"cannot take it ({self.spool.failure})",
+            total,
         )
         return False
 
@@ -468,6 +470,7 @@ class Pump:
         sync_active(active)
 
     def _housekeeping(self) -> None:
+        self.log.flush()  # the summary of a burst of warnings that has stopped
         spool = self.spool
         if spool is not None:
             with self.lock:

@@ -274,6 +274,15 @@ class LineageRecorder:
                 self._table.close(remove=True)
             wait = self.config.close_timeout if timeout is None else max(timeout, 0.0)
             left = self._pump.close(wait)
+            self._log.flush(everything=True)
+            dropped = self.stats().dropped
+            if dropped:
+                LOGGER.warning(
+                    "lineage recorder closed: %d events were dropped in its life, %d delivered "
+                    "(see stats())",
+                    dropped,
+                    self._pump.delivered,
+                )
             if left:
                 where = (
                     f"those in the spool stay in {self._pump.spool.dir} for the next recorder "
