@@ -31,7 +31,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt (grows with each call until ``reset``)."""
-        ceiling = min(self.maximum, self.initial * self.factor**self._attempt)
+        # The exponent stops growing once the cap is reached: 2.0**1024 overflows,
+        # and an outage of a few hours is that many attempts.
+        ceiling = min(self.maximum, self.initial * self.factor ** min(self._attempt, 64))
         self._attempt += 1
         # Half fixed, half random: never a zero delay, never a synchronized one.
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)

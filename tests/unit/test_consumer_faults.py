@@ -58,3 +58,9 @@ def test_outage_without_retry_delay_says_waiting(caplog: pytest.LogCaptureFixtur
     assert [r.getMessage() for r in caplog.records] == [
         "Kafka unavailable (all brokers down), waiting"
     ]
+
+
+def test_backoff_stays_at_its_cap_through_an_outage_of_hours() -> None:
+    backoff = Backoff(initial=0.5, maximum=15.0)
+    delays = [backoff.next_delay() for _ in range(5000)]  # once 2.0**1024 overflowed
+    assert all(7.5 <= d <= 15.0 for d in delays[10:])
