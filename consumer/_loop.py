@@ -87,6 +87,10 @@ class LoopOptions:
     poll_timeout: float = 0.2
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    # While PostgreSQL is down, a reconnect is tried at least this often
+    # (jittered): a connection attempt costs the database next to nothing, and
+    # the backoff alone would resume up to backoff_max after it answered.
+    pg_probe_interval: float = 1.0
     commit_to_kafka: bool = True
     # Garbage collection and thread switching while the loop runs (see _runtime).
     runtime: RuntimeSettings = DEFAULT_RUNTIME
@@ -469,7 +473,7 @@ class ProjectorLoop:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            delay = self._backoff.next_delay()
+            delay = min(self._backoff.next_delay(), self._options.pg_probe_interval)
             self.pg.failed(first_line(e), delay)
             self._wait(delay, stop)
             return False

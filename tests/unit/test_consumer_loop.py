@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from factflow_lineage.consumer import _loop
 from factflow_lineage.consumer._decoder import DecodedBatch
+from factflow_lineage.consumer._faults import Backoff
 from factflow_lineage.consumer._loop import LoopOptions, ProjectorLoop
 from factflow_lineage.consumer._writer import WriteResult
 from support.messages import FakeMessage as Msg
@@ -516,3 +517,32 @@ def test_offsets_the_log_lost_are_skipped_once_with_one_error(
     _begun_at_the_stored_offset(writer)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "partition 0: offsets 2..4" in errors[0], errors
+
+
+def test_a_database_outage_is_probed_about_once_a_second_however_long(db: Database) -> None:
+    # The backoff grows towards backoff_max (15 s); the projector must still
+    # try the database about once a second, to resume soon after it answers.
+    loop, consumer, _ = make_loop(db, {0: 6})
+    loop._backoff = Backoff(initial=0.5, maximum=15.0)
+    delays: list[float] = []
+
+    def wait(delay: float, stop: threading.Event) -> None:
+        delays.append(delay)
+        if len(delays) >= 12:
+            db.down = False  # the database answers again
+
+    loop._wait = wait  # type: ignore[method-assign]
+    consumer.pending.append(("assign", [0]))
+    polls = [0]
+
+    def stop_when() -> bool:
+        polls[0] += 1
+        if polls[0] == 2:
+            db.down = True
+        return drained(consumer, db)()
+
+    consumer.stop_when = stop_when
+    loop.run(consumer.stop)
+    assert len(delays) >= 12
+    assert all(0.5 <= d <= 1.0 for d in delays), delays
+    assert db.stored == {0: 6}
