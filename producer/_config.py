@@ -77,7 +77,11 @@ class RecorderConfig:
         if self.segment_bytes < 64 * KIB:
             raise ConfigError(f"segment_bytes must be at least 64 KiB, not {self.segment_bytes}")
         if self.spool_max_bytes < 2 * self.segment_bytes:
-            raise ConfigError("spool_max_bytes must hold at least two segments")
+            raise ConfigError(
+                f"spool_max_bytes (FACTFLOW_SPOOL_MAX_BYTES) must hold at least two segments "
+                f"of segment_bytes {self.segment_bytes}: at least {2 * self.segment_bytes}, "
+                f"not {self.spool_max_bytes}"
+            )
         if self.event_max_bytes < 64 * KIB:
             raise ConfigError(
                 f"event_max_bytes must be at least 64 KiB, not {self.event_max_bytes}"

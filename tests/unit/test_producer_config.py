@@ -69,3 +69,11 @@ def test_producer_settings_fit_the_job() -> None:
 def test_a_spool_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
     config = RecorderConfig(spool_dir=str(tmp_path))  # type: ignore[arg-type]
     assert config.spool_dir == tmp_path and isinstance(config.spool_dir, Path)
+
+
+def test_a_spool_bound_below_two_segments_names_the_variable_and_the_minimum() -> None:
+    with pytest.raises(ConfigError) as raised:
+        RecorderConfig.from_env({"FACTFLOW_SPOOL_MAX_BYTES": "1000000"})
+    message = str(raised.value)
+    assert "FACTFLOW_SPOOL_MAX_BYTES" in message
+    assert "at least 33554432, not 1000000" in message
