@@ -39,6 +39,7 @@ import contextlib
 import mmap
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ HEADER_SIZE: Final = 16
 SLOT_SIZE: Final = 64
 SLOT = struct.Struct("<BB6xq16s16s16s")
 _TIME = struct.Struct("<q")
-SLOTS_PER_FILE: Final = 16_384  # 1 MiB a file, sparse until used
+SLOTS_PER_FILE: Final = 16_384  # 1 MiB a file
 _PREFIX: Final = "open-"
 _SUFFIX: Final = ".tbl"
 
@@ -105,13 +106,23 @@ class OpenTable:
     invocation: each call is one or two stores into the mapping.
     """
 
-    __slots__ = ("_dir", "_fds", "_free", "_maps", "closed", "failure", "inherited")
+    __slots__ = (
+        "_dir",
+        "_fds",
+        "_free",
+        "_grow_lock",
+        "_maps",
+        "closed",
+        "failure",
+        "inherited",
+    )
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._maps: list[mmap.mmap] = []
         self._fds: list[int] = []
         self._free: list[Slot] = []
+        self._grow_lock = threading.Lock()
         self.closed = False
         self.inherited = False  # a forked child's copy: the parent owns the slots
         self.failure: str | None = None
@@ -125,9 +136,9 @@ class OpenTable:
         try:
             slot = self._free.pop()
         except IndexError:
-            if self.inherited or self.closed or not self._grow():
+            slot = self._grown()
+            if slot is None:
                 return None
-            slot = self._free.pop()
         mm, off = slot
         try:
             SLOT.pack_into(mm, off, FREE, kind, _time_ns(), ident, key, execution)
@@ -177,6 +188,17 @@ class OpenTable:
 
     # ------------------------------------------------------------- control
 
+    def _grown(self) -> Slot | None:
+        """A slot from a new table file, when all are taken (the slow path:
+        once per 16,384 open at once). One thread grows; the others wait."""
+        with self._grow_lock:
+            while True:
+                try:
+                    return self._free.pop()
+                except IndexError:
+                    if self.inherited or self.closed or not self._grow():
+                        return None
+
     def _grow(self) -> bool:
         """Add a table file; False (and ``failure``) if it cannot be made."""
         index = len(self._maps)
@@ -185,10 +207,10 @@ class OpenTable:
         fd = -1
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            # Sparse: a page takes disk only once a slot on it is used. (No
-            # fallocate as in the spool: 4 KiB pages, and a SIGBUS on a full
-            # disk is a risk taken only for the first store on each page.)
-            os.ftruncate(fd, size)
+            # Allocated now, as the spool's segments are: a store into a page of
+            # a sparse file that the disk cannot back is a SIGBUS that kills
+            # the pipeline; a full disk must show up here, as an error.
+            os.posix_fallocate(fd, 0, size)
             os.pwrite(fd, MAGIC + bytes(HEADER_SIZE - len(MAGIC)), 0)
             mm = mmap.mmap(fd, size)
         except OSError as e:

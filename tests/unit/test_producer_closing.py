@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -229,3 +232,43 @@ def test_a_closing_segment_half_written_by_a_dead_recoverer_is_written_again(
     assert close_dead_spool(tmp_path, META) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [SEGMENT_NAME]
     assert len(closing_records(tmp_path)) == 1
+
+
+def test_threads_that_find_the_table_full_at_once_all_get_a_slot(tmp_path: Path) -> None:
+    table = OpenTable(tmp_path)
+    for n in range(SLOTS_PER_FILE):
+        table.begin(INVOCATION, ident(n + 1), ident(n + 1), EXEC)
+    barrier = threading.Barrier(8)
+    got: list[Slot | None] = []
+
+    def take(n: int) -> None:
+        barrier.wait()
+        got.append(table.begin(INVOCATION, ident(100_000 + n), ident(1), EXEC))
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert None not in got and len({slot[1] for slot in got if slot}) == 8
+    assert len(table_files(tmp_path)) == 2
+
+
+def test_a_full_disk_is_an_error_when_a_table_is_made_never_a_sigbus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = OpenTable(tmp_path)
+    for n in range(SLOTS_PER_FILE):
+        table.begin(INVOCATION, ident(n + 1), ident(n + 1), EXEC)
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    assert table.begin(INVOCATION, ident(0), ident(0), EXEC) is None  # not tracked, no crash
+    assert table.failure is not None and "No space left" in table.failure
+    assert len(table_files(tmp_path)) == 1
+    (tmp_path / "other").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        OpenTable(tmp_path / "other")
+    assert list((tmp_path / "other").iterdir()) == []
