@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import struct
 import threading
 import time
@@ -265,9 +266,19 @@ def read_open(directory: Path) -> OpenState | None:
         return None
     entries: list[OpenEntry] = []
     last = 0
+    limit = HEADER_SIZE + SLOTS_PER_FILE * SLOT_SIZE
     for path in paths:
         try:
-            data = path.read_bytes()
+            # Only a regular file of a table's size: a FIFO, a device or a
+            # symlink there (however it came) must not stall the recoverer.
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                data = os.pread(fd, limit, 0)
+            finally:
+                os.close(fd)
         except OSError:
             continue
         if data[: len(MAGIC)] != MAGIC:

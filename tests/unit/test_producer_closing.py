@@ -272,3 +272,11 @@ def test_a_full_disk_is_an_error_when_a_table_is_made_never_a_sigbus(
     with pytest.raises(OSError, match="No space left"):
         OpenTable(tmp_path / "other")
     assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_a_table_that_is_no_regular_file_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "open-0000.tbl")  # reading it would block for ever
+    os.symlink("/dev/zero", tmp_path / "open-0001.tbl")
+    state = read_open(tmp_path)
+    assert state is not None and state.entries == ()
+    assert close_dead_spool(tmp_path, META) == 0
