@@ -537,6 +537,13 @@ def adopt(
         seg_fd = os.open(seg_path, os.O_RDONLY)
         size = os.fstat(seg_fd).st_size
         magic = os.pread(seg_fd, len(MAGIC), 0)
+        if magic == bytes(len(MAGIC)) and not any(os.pread(seg_fd, HEADER_SIZE, 0)):
+            # Made (allocated) by a process killed before it wrote the header:
+            # it never held a record, and would keep the directory for ever.
+            os.close(seg_fd)
+            with contextlib.suppress(OSError):
+                os.unlink(seg_path)
+            continue
         if size >= len(MAGIC) and magic != MAGIC:
             os.close(seg_fd)
             warning = f"{seg_path} is not a spool segment; left alone"

@@ -146,3 +146,16 @@ def test_unusable_spool_dir_raises_oserror(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(OSError):
         make_spool(blocker)
+
+
+def test_a_segment_allocated_but_never_headed_is_removed_on_adoption(tmp_path: Path) -> None:
+    # Killed between posix_fallocate and writing the header: all zeros.
+    dead = tmp_path / ("cd" * 16)
+    dead.mkdir()
+    (dead / "lock").touch()
+    (dead / "meta.json").write_text('{"topic": "t"}', encoding="utf-8")
+    (dead / "0000000135.seg").write_bytes(bytes(65536))
+    orphan, warning = adopt(dead, "t")
+    assert orphan is not None and warning is None
+    assert orphan.segments == [] and not (dead / "0000000135.seg").exists()
+    orphan.release()
