@@ -232,7 +232,8 @@ def send_events(config: RecorderConfig, events: list[tuple[bytes, bytes]], timeo
     """Produce ``events`` to ``config.topic`` and wait until Kafka acknowledged
     every one (the operator's commands want to know, unlike a pipeline)."""
     settings = producer_settings(config, client_id="factflow-closing", logger=LOGGER)
-    settings["message.timeout.ms"] = max(1, int(timeout * 1000))
+    timeout = min(max(timeout, 0.1), 3600.0)  # inf, 1e308: librdkafka wants an int
+    settings["message.timeout.ms"] = int(timeout * 1000)
     errors: list[str] = []
 
     def delivered(err: KafkaError | None, _msg: Any) -> None:

@@ -6,11 +6,12 @@ machine, nobody can: the operator says so, and this records, from what the
 projection shows as still open, the same events the recovery would have
 (failed, ``ProcessDied``). The events go to the topic, like every fact, so a
 rebuild agrees; their ids depend only on what they close, so running it again
-(or while the projector catches up) records nothing twice.
+records nothing twice.
 
-It refuses an execution that recorded lineage within ``--idle`` minutes: one
-that is alive would have its running invocations marked failed for good
-(failed outranks completed).
+Unless ``--force``, it refuses while the projection is behind the topic (a row
+it shows pending may have completed since), and an execution that recorded
+lineage within ``--idle`` minutes: one that is alive would have its running
+invocations marked failed for good (failed outranks completed).
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def _projector_behind(conn: q.Conn) -> int:
+    """Events on the topic the projection has not applied yet (failed outranks
+    completed: closing a row whose completion is still on its way is for good)."""
+    from factflow_lineage.config import Settings
+    from factflow_lineage.consumer import load_offsets
+    from factflow_lineage.pipeline._catchup import topic_end
+
+    settings = Settings.from_env()
+    end = topic_end(settings)
+    stored = load_offsets(conn, settings.postgres.schema, settings.kafka.topic)
+    return sum(max(0, high - stored.get(p, 0)) for p, high in end.items())
+
+
 def abandon(
     conn: q.Conn, ref: str | UUID, *, force: bool, idle_s: float, timeout: float
 ) -> AbandonReport:
@@ -69,6 +83,12 @@ def abandon(
     execution = q.get_execution(conn, ref)
     ident = execution.id
     if not force:
+        behind = _projector_behind(conn)
+        if behind:
+            raise UsageError(
+                f"the projection is {behind} events behind topic {config.topic}: rows it shows "
+                "pending may have ended since; run the projector to lag 0 first, or add --force"
+            )
         last = q.last_activity(conn, ident)
         if last is not None:
             ago = (datetime.now(UTC) - last).total_seconds()

@@ -256,3 +256,26 @@ def test_a_clean_close_leaves_nothing_to_close(settings: Settings, tmp_path: Pat
         time.sleep(0.3)
         assert recorder.stats().crash_closed == 0
     assert os.listdir(spool) == []
+
+
+def test_abandon_refuses_while_the_projection_is_behind_the_topic(
+    settings: Settings, factflow: Factflow, tmp_path: Path, group_id: str
+) -> None:
+    spool = tmp_path / "spool"
+    info = run_and_kill(settings, spool, tmp_path)
+    shutil.rmtree(spool)
+    project(settings, group_id)
+    # One more fact reaches the topic, not yet the projection: a row shown
+    # pending may have ended, and failed would outrank its completion for good.
+    with LineageRecorder(
+        RecorderConfig(
+            bootstrap=settings.kafka.bootstrap, topic=settings.kafka.topic, spool_dir=None
+        )
+    ) as recorder:
+        recorder.execution(pipeline="late")
+        assert recorder.flush(30) == 0
+    refused = factflow("execution", "abandon", info["execution"], "--idle", "0", check=False)
+    assert refused.returncode == 2 and "events behind topic" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    project(settings, group_id)
+    factflow("execution", "abandon", info["execution"], "--idle", "0")
