@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import itertools
 import os
 import sys
@@ -584,6 +585,14 @@ def _after_fork() -> None:
     # The child has the parent's spool mappings and flock but none of its
     # threads: writing there would corrupt the parent's spool, re-sending the
     # parent's queue would duplicate it. Each recorder starts again instead.
+    if _LIVE:
+        # What the parent left as garbage is never collected here: among it
+        # may be librdkafka handles (a consumer, a producer) whose threads
+        # stayed in the parent, and destroying one in the child is a SIGSEGV.
+        # A recorder starting again allocates enough to run the collector.
+        # (What CPython advises for prefork servers; the cost is that the
+        # parent's garbage at the fork stays in the child's memory.)
+        gc.freeze()
     for recorder in list(_LIVE):
         try:
             recorder._inherited()
